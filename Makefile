@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine:
+#   make run   - create .venv from requirements.lock, then `dvc repro` the default pipeline
+#   make test  - create .venv the same way, then run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+# No telemetry, no update checks: CI and users' runs stay offline apart from pip.
+export DVC_NO_ANALYTICS := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv run test test-fast params check-params bench clean
+
+$(VENV)/.installed: requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(BIN)/python -m pipeline check
+	$(BIN)/dvc repro
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+# Compose conf/ into params.yaml, e.g. make params OVERRIDES="'precision=[fp32,int8]' model=[resnet18]"
+params: venv
+	$(BIN)/python -m pipeline compose $(OVERRIDES)
+
+check-params: venv
+	$(BIN)/python -m pipeline check
+
+bench: venv
+	$(BIN)/python scripts/benchmarks.py
+
+clean:
+	rm -rf artifacts metrics plots reports dvc.lock

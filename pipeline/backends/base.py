@@ -1,0 +1,101 @@
+"""One interface for every engine library: build an artifact, load it, run it.
+
+Loaders and runners are split as in Polygraphy: ``Backend.build`` turns an ONNX file into an
+artifact folder (engine file + sidecar JSON), ``Backend.load`` returns a ``Runner`` for it.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..config.schema import ModelConfig, TargetConfig, TensorSpec
+from ..errors import PipelineError
+from ..io import read_json, require_file
+
+SIDECAR = "sidecar.json"
+
+
+@dataclass
+class BuildRequest:
+    """What a backend needs to build one artifact."""
+
+    onnx_path: Path
+    out_dir: Path  # the artifact folder to fill (a temporary folder renamed into place by the caller)
+    target_name: str
+    target: TargetConfig
+    model: ModelConfig
+    precision: str
+    config_hash: str
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+class Runner(abc.ABC):
+    """Runs a loaded artifact on numpy feeds."""
+
+    inputs: List[TensorSpec]
+    output_names: List[str]
+
+    @abc.abstractmethod
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        ...
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check_feeds(self, feeds: Dict[str, np.ndarray]) -> None:
+        """Reject missing inputs and wrong static dimensions with one message naming both shapes."""
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise PipelineError(f"missing input '{spec.name}'; the model takes {[s.name for s in self.inputs]}")
+            shape = feeds[spec.name].shape
+            expected = tuple(spec.shape)
+            if len(shape) != len(expected) or any(e >= 0 and e != s for s, e in zip(shape, expected)):
+                raise PipelineError(
+                    f"input '{spec.name}' has shape {tuple(shape)}; the model expects {expected} (-1 = any size)"
+                )
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def check_available(self) -> None:
+        """Raise a PipelineError saying what to install when the library or device is missing."""
+
+    @abc.abstractmethod
+    def build(self, request: BuildRequest) -> dict:
+        """Write the artifact into ``request.out_dir``; return the sidecar dict (also written there)."""
+
+    @abc.abstractmethod
+    def load(self, artifact_dir: Path, threads: int = 0) -> Runner:
+        ...
+
+    def read_sidecar(self, artifact_dir: Path) -> dict:
+        sidecar = read_json(require_file(Path(artifact_dir) / SIDECAR, "artifact sidecar"))
+        if sidecar.get("backend") != self.name:
+            raise PipelineError(
+                f"{artifact_dir} was built by backend '{sidecar.get('backend')}', not '{self.name}'"
+            )
+        return sidecar
+
+
+def specs_from_model(model: ModelConfig) -> List[TensorSpec]:
+    return list(model.inputs)
+
+
+def dynamic_axes(spec: TensorSpec) -> Sequence[int]:
+    return [i for i, d in enumerate(spec.shape) if d < 0]
+
+
+def first_output(outputs: Dict[str, np.ndarray], names: Optional[Sequence[str]] = None) -> np.ndarray:
+    return outputs[(names or list(outputs))[0]]

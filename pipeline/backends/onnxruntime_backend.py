@@ -1,0 +1,123 @@
+"""ONNX Runtime backend: the embedded default (CPU), graph optimizations baked in offline."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from ..config.schema import TensorSpec
+from ..errors import PipelineError
+from ..io import require_file, sha256_file, write_json
+from .base import SIDECAR, Backend, BuildRequest, Runner
+
+ARTIFACT = "model.onnx"
+_LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PipelineError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from None
+    onnxruntime.set_default_logger_severity(3)
+    return onnxruntime
+
+
+def session_options(threads: int = 0, level: str = "all"):
+    ort = _ort()
+    if level not in _LEVELS:
+        raise PipelineError(f"graph_optimization_level '{level}' is not one of {sorted(_LEVELS)}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def create_session(path: Path | str, threads: int = 0, level: str = "all"):
+    """An InferenceSession on the CPU with a clear error for files ONNX Runtime refuses."""
+    ort = _ort()
+    require_file(path, "ONNX model")
+    try:
+        return ort.InferenceSession(str(path), session_options(threads, level), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises Fail/InvalidGraph/NotImplemented, all RuntimeError-like
+        raise PipelineError(f"ONNX Runtime cannot load {path}: {exc}") from None
+
+
+class OnnxRuntimeRunner(Runner):
+    def __init__(self, session, inputs: List[TensorSpec]):
+        self.session = session
+        self.inputs = inputs
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        outputs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs))
+
+
+def specs_from_session(session) -> List[TensorSpec]:
+    """Input specs read from the model itself: symbolic or unknown dims become -1."""
+    dtypes = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+    return [
+        TensorSpec(name=i.name, shape=[d if isinstance(d, int) else -1 for d in i.shape], dtype=dtypes.get(i.type, i.type))
+        for i in session.get_inputs()
+    ]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def check_available(self) -> None:
+        ort = _ort()
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            raise PipelineError("this onnxruntime build has no CPUExecutionProvider")
+
+    def build(self, request: BuildRequest) -> dict:
+        ort = _ort()
+        self.check_available()
+        artifact = Path(request.out_dir) / ARTIFACT
+        options = session_options(request.target.build.intra_op_threads, request.target.build.graph_optimization_level)
+        options.optimized_model_filepath = str(artifact)
+        try:
+            session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from None
+        sidecar = {
+            "backend": self.name,
+            "artifact": ARTIFACT,
+            "versions": {"onnxruntime": ort.__version__},
+            "device": request.target.device.value,
+            "target": request.target_name,
+            "precision": request.precision,
+            "graph_optimization_level": request.target.build.graph_optimization_level,
+            "config_hash": request.config_hash,
+            "onnx_sha256": sha256_file(request.onnx_path),
+            "artifact_sha256": sha256_file(artifact),
+            "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in specs_from_session(session)],
+            "outputs": [o.name for o in session.get_outputs()],
+        }
+        write_json(Path(request.out_dir) / SIDECAR, sidecar)
+        return sidecar
+
+    def load(self, artifact_dir: Path, threads: int = 0) -> Runner:
+        sidecar = self.read_sidecar(artifact_dir)
+        ort = _ort()
+        if sidecar["versions"]["onnxruntime"] != ort.__version__:
+            # An offline-optimized model may use kernels of the version that wrote it.
+            raise PipelineError(
+                f"{artifact_dir} was optimized by onnxruntime {sidecar['versions']['onnxruntime']}, "
+                f"this is {ort.__version__}: rerun the build stage (dvc repro)"
+            )
+        session = create_session(Path(artifact_dir) / sidecar["artifact"], threads)
+        inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
+        return OnnxRuntimeRunner(session, inputs)
+
+
+def load_onnx_runner(path: Path | str, threads: int = 0, level: str = "all") -> OnnxRuntimeRunner:
+    """A runner straight on an ONNX file (the FP32 reference, plain-ORT baselines)."""
+    session = create_session(path, threads, level)
+    return OnnxRuntimeRunner(session, specs_from_session(session))
+
+

@@ -1,0 +1,63 @@
+"""Shared plumbing for the stage entry points: argument parsing, progress, clean error exits."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from .errors import PipelineError
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stage_args(description: str, key: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(f"--{key}", required=True, help=f"the {key} key in params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
+    return parser.parse_args(argv)
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage; a PipelineError becomes one red line and exit status 2, no traceback."""
+    try:
+        main()
+    except PipelineError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+
+
+def progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+
+
+def model_stage(step: Callable, description: str) -> None:
+    """Entry point of a per-model stage: ``python -m stages.X --model NAME``."""
+
+    def main() -> None:
+        from .config import load_params, resolve_model
+
+        args = stage_args(description, "model")
+        cfg = load_params(args.params)
+        step(cfg, resolve_model(cfg, args.model))
+
+    run_stage(main)
+
+
+def build_stage(step: Callable, description: str) -> None:
+    """Entry point of a per-build stage: ``python -m stages.X --build MODEL-TARGET-PRECISION``."""
+
+    def main() -> None:
+        from .config import load_params, resolve_build
+
+        args = stage_args(description, "build")
+        step(resolve_build(load_params(args.params), args.build))
+
+    run_stage(main)

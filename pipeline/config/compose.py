@@ -1,0 +1,55 @@
+"""Compose conf/ into params.yaml exactly as ``dvc exp run`` does (compose, resolve, dump)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import PipelineError
+from ..io import write_text
+from . import registry  # noqa: F401  (schema + resolver)
+from .schema import PipelineConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+        # `+key=value` overrides bypass struct mode; re-check the result against the schema.
+        OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.to_container(cfg))
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise PipelineError(f"config composition failed: {_explain(exc, Path(config_dir))}") from None
+    return cfg
+
+
+def _explain(exc: Exception, config_dir: Path) -> str:
+    """Hydra's message, plus the options that exist when a group option is unknown."""
+    message = str(exc).split("\n\nConfig search path")[0]
+    if exc.__cause__ is not None:  # Hydra wraps the OmegaConf error that names key and type
+        message += f": {exc.__cause__}"
+    unknown = re.search(r"Could not (?:load|find) '(\w+)/([^']+)'", message)
+    if unknown:
+        group = unknown.group(1)
+        options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        message = f"unknown {group} option '{unknown.group(2)}'; available {group} options: {', '.join(options)}"
+    return message
+
+
+def compose_yaml(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> str:
+    return OmegaConf.to_yaml(compose(overrides, config_dir))
+
+
+def write_params(path: Path | str = "params.yaml", overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> str:
+    text = compose_yaml(overrides, config_dir)
+    write_text(path, text)
+    return text

@@ -1,0 +1,92 @@
+"""Load params.yaml back into typed config and look up one build's or model's settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import PipelineError
+from .schema import (
+    BuildEntry,
+    DatasetConfig,
+    ModelConfig,
+    PipelineConfig,
+    PrecisionConfig,
+    TargetConfig,
+    as_plain,
+)
+
+
+def load_params(path: Path | str = "params.yaml") -> PipelineConfig:
+    params_path = Path(path)
+    if not params_path.is_file():
+        raise PipelineError(f"{params_path} not found: run `make params` to compose it from conf/")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(params_path))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise PipelineError(f"invalid {params_path}: {exc}") from None
+
+
+def _lookup(table: dict, key: str, group: str):
+    if key not in table:
+        raise PipelineError(f"unknown {group} '{key}'; params.yaml has: {sorted(table)}")
+    return table[key]
+
+
+@dataclass
+class ModelContext:
+    name: str
+    model: ModelConfig
+    dataset_name: str
+    dataset: DatasetConfig
+
+
+@dataclass
+class BuildContext:
+    """Everything one build-matrix cell needs, resolved from params.yaml."""
+
+    name: str
+    entry: BuildEntry
+    model: ModelConfig
+    target: TargetConfig
+    precision: PrecisionConfig
+    dataset: DatasetConfig
+    config: PipelineConfig
+
+    @property
+    def precision_name(self) -> str:
+        return self.entry.precision.value
+
+    def config_fingerprint(self) -> dict:
+        """The settings that define this build's artifact (hashed into its sidecar)."""
+        return as_plain(
+            {
+                "model": self.model,
+                "target": self.target,
+                "precision": {"name": self.precision_name, **as_plain(self.precision)},
+                "calibration": self.config.calibration,
+            }
+        )
+
+
+def resolve_model(cfg: PipelineConfig, name: str) -> ModelContext:
+    model = _lookup(cfg.model, name, "model")
+    dataset = _lookup(cfg.dataset, model.dataset, "dataset")
+    return ModelContext(name=name, model=model, dataset_name=model.dataset, dataset=dataset)
+
+
+def resolve_build(cfg: PipelineConfig, name: str) -> BuildContext:
+    entry = _lookup(cfg.builds, name, "build")
+    model = _lookup(cfg.model, entry.model, "model")
+    return BuildContext(
+        name=name,
+        entry=entry,
+        model=model,
+        target=_lookup(cfg.target, entry.target, "target"),
+        precision=_lookup(cfg.precision, entry.precision.value, "precision"),
+        dataset=_lookup(cfg.dataset, model.dataset, "dataset"),
+        config=cfg,
+    )

@@ -1,0 +1,224 @@
+"""Typed schemas for every config group.
+
+Hydra validates conf/ against these (they are registered in Hydra's ConfigStore by
+``hydra_plugins/trt_pipeline``), and the stages validate params.yaml against them again, so a
+wrong key or type fails with OmegaConf's message naming the key and the expected type or values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+    fp8 = "fp8"
+
+
+class PrecisionMode(str, Enum):
+    passthrough = "passthrough"  # the FP32 graph as exported
+    autocast = "autocast"  # ModelOpt AutoCast rewrites float tensors to fp16/bf16
+    qdq = "qdq"  # explicit QuantizeLinear/DequantizeLinear from calibration
+
+
+class Backend(str, Enum):
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+    tensorrt_rtx = "tensorrt_rtx"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class QuantFormat(str, Enum):
+    # u8 activations (asymmetric) / s8 weights: what ONNX Runtime's CPU kernels fuse to QLinearConv.
+    ort_u8s8 = "ort_u8s8"
+    # s8 symmetric activations, per-channel s8 weights, zero points 0, float bias: TensorRT's parser.
+    trt_s8s8 = "trt_s8s8"
+
+
+class CalibrationMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class CalibrationMode(str, Enum):
+    explicit = "explicit"  # Q/DQ in the ONNX: TensorRT 10 and 11, ONNX Runtime
+    implicit = "implicit"  # TensorRT <= 10 calibrator on the FP32 ONNX
+
+
+class ModelSource(str, Enum):
+    digits_cnn = "digits_cnn"  # small CNN trained here on scikit-learn's digits
+    torchvision = "torchvision"  # architecture by name; random weights unless weights_path
+    onnx = "onnx"  # bring-your-own ONNX file
+
+
+class DatasetSource(str, Enum):
+    sklearn_digits = "sklearn_digits"
+    photo_crops = "photo_crops"
+
+
+@dataclass
+class TensorSpec:
+    name: str = "input"
+    # -1 marks a dynamic axis (batch is always axis 0).
+    shape: List[int] = field(default_factory=lambda: [-1, 3, 224, 224])
+    dtype: str = "float32"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 0.003
+
+
+@dataclass
+class Gates:
+    """Accuracy gates checked by the validate stage; null disables a gate."""
+
+    max_accuracy_drop: Optional[float] = None  # points of task accuracy lost against FP32
+    min_top1_agreement: Optional[float] = None  # fraction of samples with FP32's top-1 class
+    min_cosine: Optional[float] = None  # mean cosine similarity to FP32 outputs
+
+
+@dataclass
+class ProfileConfig:
+    """One TensorRT optimization profile: min/opt/max value for each dynamic axis name."""
+
+    min: Dict[str, int] = field(default_factory=lambda: {"batch": 1})
+    opt: Dict[str, int] = field(default_factory=lambda: {"batch": 8})
+    max: Dict[str, int] = field(default_factory=lambda: {"batch": 32})
+
+
+@dataclass
+class ModelConfig:
+    source: ModelSource = ModelSource.torchvision
+    architecture: Optional[str] = None  # torchvision name, e.g. resnet18
+    weights_path: Optional[str] = None  # optional checkpoint (torchvision) or ONNX file (onnx)
+    dataset: str = "digits"  # key into the dataset group
+    num_classes: int = 10
+    opset: int = 17
+    inputs: List[TensorSpec] = field(default_factory=lambda: [TensorSpec()])
+    outputs: List[str] = field(default_factory=lambda: ["logits"])
+    seed: int = 0
+    train: Optional[TrainConfig] = None
+    # Batches of training data used to re-estimate BatchNorm statistics of random weights.
+    bn_recalibration_batches: int = 0
+    gates: Gates = field(default_factory=Gates)
+    profiles: List[ProfileConfig] = field(default_factory=lambda: [ProfileConfig()])
+
+
+@dataclass
+class QuantizationConfig:
+    format: QuantFormat = QuantFormat.ort_u8s8
+    per_channel: bool = True
+
+
+@dataclass
+class BuildSettings:
+    # ONNX Runtime: optimization level baked in offline (basic|extended|all).
+    graph_optimization_level: str = "extended"
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    # TensorRT / TensorRT-RTX
+    builder_optimization_level: int = 3
+    workspace_mib: int = 4096
+    profiling_verbosity: str = "detailed"  # none|layer_names_only|detailed
+    hardware_compatibility: str = "none"  # none|ampere_plus|same_compute_capability
+    version_compatible: bool = False
+
+
+@dataclass
+class TargetConfig:
+    description: str = ""
+    backend: Backend = Backend.onnxruntime
+    device: Device = Device.cpu
+    compute_capability: Optional[str] = None  # e.g. "9.0"; null for CPU
+    precisions: List[Precision] = field(default_factory=lambda: [Precision.fp32])
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    build: BuildSettings = field(default_factory=BuildSettings)
+    tensorrt_major: Optional[int] = None  # the TensorRT line this target ships with (10 or 11)
+
+
+@dataclass
+class PrecisionConfig:
+    mode: PrecisionMode = PrecisionMode.passthrough
+    # Element type of quantized tensors (qdq) or of converted float tensors (autocast).
+    dtype: str = "float32"
+
+
+@dataclass
+class DatasetConfig:
+    source: DatasetSource = DatasetSource.sklearn_digits
+    seed: int = 0
+    num_validation: int = 497  # held-out samples, disjoint from training and calibration
+    image_size: int = 8
+    num_samples: int = 1797  # total generated (photo_crops) or available (digits)
+
+
+@dataclass
+class CalibrationConfig:
+    method: CalibrationMethod = CalibrationMethod.minmax
+    mode: CalibrationMode = CalibrationMode.explicit
+    num_samples: int = 500
+    seed: int = 0
+    batch_size: int = 16  # samples per statistics pass: bounds peak memory
+    percentile: float = 99.999
+    num_bins: int = 128
+
+
+@dataclass
+class BenchmarkConfig:
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
+    warmup: int = 3
+    iterations: int = 20  # timed runs per repeat
+    repeats: int = 3  # independent timed loops; their spread flags a noisy machine
+    max_seconds_per_batch: float = 20.0  # time budget per batch size (iterations may stop early)
+    spread_warning: float = 0.10  # warn when repeat medians differ by more than this fraction
+    threads: int = 0
+
+
+@dataclass
+class BuildEntry:
+    """One cell of the build matrix: which model, on which target, at which precision."""
+
+    model: str = "???"
+    target: str = "???"
+    precision: Precision = Precision.fp32
+    dataset: str = "???"  # the model's dataset, so stages can name its params key
+
+
+@dataclass
+class PipelineConfig:
+    model: Dict[str, ModelConfig] = field(default_factory=dict)
+    target: Dict[str, TargetConfig] = field(default_factory=dict)
+    precision: Dict[str, PrecisionConfig] = field(default_factory=dict)
+    dataset: Dict[str, DatasetConfig] = field(default_factory=dict)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    builds: Dict[str, BuildEntry] = field(default_factory=dict)
+    artifacts_dir: str = "artifacts"
+    metrics_dir: str = "metrics"
+    plots_dir: str = "plots"
+
+
+def as_plain(obj: Any) -> Any:
+    """Dataclass/enum tree -> plain JSON-able structure (for hashing and sidecars)."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj):
+        return as_plain(asdict(obj))
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): as_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [as_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,71 @@
+"""Deterministic train/validation splits, seeded calibration draws, and sample manifests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from ..config.schema import DatasetConfig
+from ..errors import PipelineError
+from ..io import sha256_bytes
+from .datasets import Dataset
+
+
+@dataclass
+class Splits:
+    train: List[int]  # training, BatchNorm re-estimation and calibration draw from here
+    validation: List[int]  # held out for the validate stage only
+
+
+def make_splits(dataset: Dataset, cfg: DatasetConfig) -> Splits:
+    count = len(dataset)
+    if not 0 < cfg.num_validation < count:
+        raise PipelineError(
+            f"dataset '{dataset.name}': num_validation={cfg.num_validation} must be between 1 and {count - 1}"
+        )
+    order = np.random.default_rng(cfg.seed).permutation(count)
+    validation = sorted(int(i) for i in order[: cfg.num_validation])
+    train = sorted(int(i) for i in order[cfg.num_validation :])
+    return Splits(train=train, validation=validation)
+
+
+def calibration_indices(splits: Splits, num_samples: int, seed: int, dataset_name: str = "dataset") -> List[int]:
+    """Exactly ``num_samples`` seeded draws (without replacement) from the training split."""
+    available = len(splits.train)
+    if num_samples <= 0:
+        raise PipelineError(f"calibration.num_samples must be positive, got {num_samples}")
+    if num_samples > available:
+        raise PipelineError(
+            f"calibration.num_samples={num_samples} but the calibration split of '{dataset_name}' "
+            f"has only {available} samples; lower calibration.num_samples to at most {available}"
+        )
+    picked = np.random.default_rng(seed).choice(np.asarray(splits.train), size=num_samples, replace=False)
+    return sorted(int(i) for i in picked)
+
+
+def check_disjoint(dataset: Dataset, calibration: Sequence[int], validation: Sequence[int]) -> None:
+    """Calibration and validation must share no sample, by index and by content."""
+    shared = sorted(set(calibration) & set(validation))
+    if shared:
+        raise PipelineError(
+            f"calibration and validation splits of '{dataset.name}' overlap in {len(shared)} samples "
+            f"(first: {dataset.ids[shared[0]]}); they must be disjoint"
+        )
+    validation_hashes = {sha256_bytes(x.tobytes()) for _, batch in dataset.batches(validation, 256) for x in batch}
+    for chunk, batch in dataset.batches(calibration, 256):
+        for index, sample in zip(chunk, batch):
+            if sha256_bytes(sample.tobytes()) in validation_hashes:
+                raise PipelineError(
+                    f"calibration sample {dataset.ids[index]} has the same content as a validation "
+                    f"sample of '{dataset.name}'; the splits must be disjoint"
+                )
+
+
+def make_manifest(dataset: Dataset, indices: Sequence[int], split: str, seed: int) -> dict:
+    """Which samples were used, by id and content hash (sha256 of the float32 sample)."""
+    samples = []
+    for chunk, batch in dataset.batches(indices, 256):
+        for index, sample in zip(chunk, batch):
+            samples.append({"id": dataset.ids[index], "sha256": sha256_bytes(np.ascontiguousarray(sample).tobytes())})
+    return {"dataset": dataset.name, "split": split, "seed": seed, "num_samples": len(samples), "samples": samples}

@@ -1,0 +1,63 @@
+"""Latency and throughput over a batch-size sweep: warm-up, repeated timed loops, percentiles."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from ..backends import Runner
+from ..config.schema import BenchmarkConfig
+
+
+def latency_stats(latencies_ms: np.ndarray, batch_size: int) -> Dict[str, float]:
+    mean = float(latencies_ms.mean())
+    return {
+        "p50_ms": float(np.percentile(latencies_ms, 50)),
+        "p90_ms": float(np.percentile(latencies_ms, 90)),
+        "p95_ms": float(np.percentile(latencies_ms, 95)),
+        "p99_ms": float(np.percentile(latencies_ms, 99)),
+        "mean_ms": mean,
+        "min_ms": float(latencies_ms.min()),
+        "throughput": batch_size * 1000.0 / mean,  # samples per second
+    }
+
+
+def benchmark_batch(runner: Runner, feeds: Dict[str, np.ndarray], batch_size: int, cfg: BenchmarkConfig) -> dict:
+    """Time ``runner.run(feeds)``: ``cfg.repeats`` loops of ``cfg.iterations`` after ``cfg.warmup`` runs."""
+    for _ in range(cfg.warmup):
+        runner.run(feeds)
+    deadline = time.perf_counter() + cfg.max_seconds_per_batch
+    repeats: List[List[float]] = []
+    for _ in range(cfg.repeats):
+        loop: List[float] = []
+        for _ in range(cfg.iterations):
+            start = time.perf_counter()
+            runner.run(feeds)
+            loop.append((time.perf_counter() - start) * 1000.0)
+            if time.perf_counter() > deadline and len(loop) >= 3:
+                break
+        repeats.append(loop)
+        if time.perf_counter() > deadline:
+            break
+    all_ms = np.asarray([ms for loop in repeats for ms in loop])
+    medians = [float(np.median(loop)) for loop in repeats]
+    spread = (max(medians) - min(medians)) / min(medians) if len(medians) > 1 else 0.0
+    row = {"batch_size": batch_size, "runs": int(all_ms.size), "repeats": len(repeats), **latency_stats(all_ms, batch_size)}
+    row["repeat_spread"] = float(spread)
+    row["noisy"] = bool(spread > cfg.spread_warning)
+    return row
+
+
+def sweep(
+    runner: Runner,
+    make_feeds: Callable[[int], Dict[str, np.ndarray]],
+    cfg: BenchmarkConfig,
+    on_row: Callable[[dict], None] = lambda _: None,
+) -> List[dict]:
+    rows = []
+    for batch_size in cfg.batch_sizes:
+        row = benchmark_batch(runner, make_feeds(batch_size), batch_size, cfg)
+        rows.append(row)
+        on_row(row)
+    return rows

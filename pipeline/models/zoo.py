@@ -1,0 +1,131 @@
+"""The PyTorch models the pipeline starts from, made deterministically.
+
+* ``digits_cnn``: a small CNN trained here on the digits training split (fixed seed, one thread,
+  deterministic algorithms), so INT8-vs-FP32 accuracy is meaningful.
+* ``torchvision``: an architecture by name. Without weights offline, weights are random and the
+  BatchNorm statistics are re-estimated on real training images so outputs differ per image.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..config.schema import ModelConfig, ModelSource
+from ..data import Dataset, Splits
+from ..errors import PipelineError
+from ..io import atomic_path
+
+
+def _torch():
+    import torch
+
+    torch.set_num_threads(1)  # bitwise-reproducible training and BN statistics
+    torch.use_deterministic_algorithms(True)
+    return torch
+
+
+def _digits_cnn(num_classes: int):
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.MaxPool2d(2),  # 8x8 -> 4x4
+        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(64, num_classes),
+    )
+
+
+def build_torch_model(cfg: ModelConfig):
+    """The untrained architecture for ``cfg`` (weights seeded by ``cfg.seed``)."""
+    torch = _torch()
+    torch.manual_seed(cfg.seed)
+    if cfg.source == ModelSource.digits_cnn:
+        return _digits_cnn(cfg.num_classes)
+    if cfg.source == ModelSource.torchvision:
+        import torchvision
+
+        names = sorted(torchvision.models.list_models(module=torchvision.models))
+        if cfg.architecture not in names:
+            raise PipelineError(f"unknown torchvision architecture '{cfg.architecture}'; available: {', '.join(names)}")
+        return torchvision.models.get_model(cfg.architecture, weights=None, num_classes=cfg.num_classes)
+    raise PipelineError(f"model source '{cfg.source.value}' has no PyTorch model to prepare")
+
+
+def _train(model, cfg: ModelConfig, dataset: Dataset, splits: Splits, progress: Callable[[str], None]) -> None:
+    torch = _torch()
+    if dataset.labels is None:
+        raise PipelineError(f"model training needs a labelled dataset; '{dataset.name}' has no labels")
+    images = torch.from_numpy(dataset.load(splits.train))
+    labels = torch.from_numpy(dataset.labels[splits.train])
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        order = torch.randperm(len(images), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), cfg.train.batch_size):
+            batch = order[start : start + cfg.train.batch_size]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(batch)
+        scheduler.step()
+        progress(f"epoch {epoch + 1}/{cfg.train.epochs} loss {total / len(order):.4f}")
+    model.eval()
+
+
+def _recalibrate_batchnorm(model, cfg: ModelConfig, dataset: Dataset, splits: Splits) -> None:
+    """Cumulative-average BatchNorm statistics over real training images (weights untouched)."""
+    torch = _torch()
+    batch_size = 32
+    indices = splits.train[: cfg.bn_recalibration_batches * batch_size]
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average instead of exponential
+    model.train()
+    with torch.no_grad():
+        for _, batch in dataset.batches(indices, batch_size):
+            model(torch.from_numpy(batch))
+    model.eval()
+
+
+def prepare_checkpoint(cfg: ModelConfig, dataset: Dataset, splits: Splits, out_path: Path, progress: Callable[[str], None] = lambda _: None) -> None:
+    """Build the model, train or re-estimate it, and save its state_dict atomically."""
+    torch = _torch()
+    model = build_torch_model(cfg)
+    if cfg.weights_path:
+        model.load_state_dict(load_checkpoint(cfg.weights_path))
+    elif cfg.train is not None:
+        _train(model, cfg, dataset, splits, progress)
+    elif cfg.bn_recalibration_batches > 0:
+        _recalibrate_batchnorm(model, cfg, dataset, splits)
+    model.eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike):
+    torch = _torch()
+    if not Path(path).is_file():
+        raise PipelineError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise PipelineError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def predict_numpy(model, batch: np.ndarray) -> np.ndarray:
+    torch = _torch()
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).numpy()

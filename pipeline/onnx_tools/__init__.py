@@ -1,0 +1,1 @@
+"""ONNX tools: export, simplify, quantize/convert, inspect."""

@@ -1,0 +1,44 @@
+"""Loading ONNX with clear errors, and reading what a graph holds."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+import onnx
+
+from ..errors import PipelineError
+from ..io import require_file
+
+
+def load_model(path: str | Path, what: str = "ONNX model") -> onnx.ModelProto:
+    """Load and check an ONNX file; a missing, truncated or invalid file raises a PipelineError."""
+    require_file(path, what)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
+        raise PipelineError(f"malformed ONNX file {path}: {exc}") from None
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PipelineError(f"invalid ONNX model {path}: {first}") from None
+    if not model.graph.node:
+        raise PipelineError(f"invalid ONNX model {path}: the graph has no nodes")
+    return model
+
+
+def op_counts(model: onnx.ModelProto) -> Dict[str, int]:
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
+
+
+def real_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def tensor_dtypes(model: onnx.ModelProto) -> Dict[str, int]:
+    """Count of initializer element types by name, e.g. {'FLOAT16': 40, 'INT8': 21}."""
+    counts = Counter(onnx.TensorProto.DataType.Name(init.data_type) for init in model.graph.initializer)
+    return dict(sorted(counts.items()))

@@ -1,0 +1,155 @@
+"""Calibrated Q/DQ quantization with ONNX Runtime's calibrators, in each target's flavour.
+
+Statistics are streamed: the calibration samples go through the model one chunk at a time and the
+calibrator merges each chunk's min/max or histograms, so peak memory is bounded by the chunk, not
+by the number of samples (unchunked histogram calibration of resnet18 reached 8.4 GB).
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import onnx
+
+from ..config.schema import CalibrationConfig, CalibrationMethod, QuantFormat
+from ..errors import PipelineError
+from ..io import atomic_path
+
+
+@dataclass(frozen=True)
+class QdqFlavour:
+    """How Q/DQ nodes must look for one family of runtimes."""
+
+    activation_type: str  # ORT QuantType name
+    weight_type: str
+    activation_symmetric: bool
+    quantize_bias: bool  # False: bias stays float (TensorRT's parser rejects int32 bias)
+
+
+FLAVOURS = {
+    QuantFormat.ort_u8s8: QdqFlavour("QUInt8", "QInt8", activation_symmetric=False, quantize_bias=True),
+    QuantFormat.trt_s8s8: QdqFlavour("QInt8", "QInt8", activation_symmetric=True, quantize_bias=False),
+}
+
+# TensorRT's native calibration-cache header names per method.
+_TRT_CACHE_ALGORITHM = {
+    CalibrationMethod.entropy: "EntropyCalibration2",
+    CalibrationMethod.minmax: "MinMaxCalibration",
+    CalibrationMethod.percentile: "LegacyCalibration",
+}
+
+
+class _ChunkReader:
+    """ORT CalibrationDataReader over one in-memory chunk."""
+
+    def __init__(self, feeds: Dict[str, np.ndarray]):
+        self._feeds: Optional[Dict[str, np.ndarray]] = feeds
+
+    def get_next(self):
+        feeds, self._feeds = self._feeds, None
+        return feeds
+
+
+def _quantizable_op_types() -> List[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def collect_ranges(
+    model_path: Path,
+    chunks: Iterable[Dict[str, np.ndarray]],
+    cfg: CalibrationConfig,
+    symmetric: bool,
+    on_chunk: Callable[[int], None] = lambda _: None,
+) -> Dict[str, tuple]:
+    """Run every chunk through ``model_path`` and return {tensor name: (low, high)}."""
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    methods = {
+        CalibrationMethod.minmax: (OrtMethod.MinMax, {"symmetric": symmetric}),
+        CalibrationMethod.entropy: (OrtMethod.Entropy, {"symmetric": symmetric, "num_bins": cfg.num_bins, "num_quantized_bins": 128}),
+        CalibrationMethod.percentile: (OrtMethod.Percentile, {"symmetric": symmetric, "num_bins": cfg.num_bins, "percentile": cfg.percentile}),
+    }
+    ort_method, options = methods[cfg.method]
+    with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
+        calibrator = create_calibrator(
+            Path(model_path), _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
+            calibrate_method=ort_method, extra_options=options,
+        )
+        for count, feeds in enumerate(chunks, start=1):
+            calibrator.collect_data(_ChunkReader(feeds))
+            on_chunk(count)
+        tensors = calibrator.compute_data()
+    return {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
+
+
+def quantize_qdq(
+    src: Path,
+    dst: Path,
+    ranges: Dict[str, tuple],
+    quant_format: QuantFormat,
+    per_channel: bool,
+    method: CalibrationMethod,
+    nodes_to_exclude: Sequence[str] = (),
+) -> None:
+    """Write ``src`` with Q/DQ nodes placed from ``ranges`` in the flavour ``quant_format`` needs."""
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat as OrtFormat
+    from onnxruntime.quantization import QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    flavour = FLAVOURS[quant_format]
+    ort_method = {CalibrationMethod.minmax: OrtMethod.MinMax, CalibrationMethod.entropy: OrtMethod.Entropy,
+                  CalibrationMethod.percentile: OrtMethod.Percentile}[method]
+    tensors = TensorsData(ort_method, {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" notice: simplify already did
+    with tempfile.TemporaryDirectory(prefix="qdq.") as workdir, atomic_path(dst) as tmp:
+        cache = Path(workdir) / "ranges.json"
+        save_tensors_data(tensors, cache)
+        try:
+            quantize_static(
+                str(src), str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
+                quant_format=OrtFormat.QDQ, calibrate_method=ort_method, per_channel=per_channel,
+                activation_type=getattr(QuantType, flavour.activation_type), weight_type=getattr(QuantType, flavour.weight_type),
+                nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=_quantizable_op_types(),
+                extra_options={
+                    "ActivationSymmetric": flavour.activation_symmetric,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": flavour.quantize_bias,
+                },
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise PipelineError(f"quantization of {src} failed: {exc}") from None
+        # Deterministic bytes: ORT stamps nothing time-based, but normalise the producer fields.
+        model = onnx.load(str(tmp))
+        model.producer_name, model.producer_version = "trt-pipeline", ""
+        onnx.save(model, str(tmp))
+
+
+def trt_calibration_cache(ranges: Dict[str, tuple], method: CalibrationMethod, trt_version: int) -> str:
+    """TensorRT's native calibration cache: header line, then ``tensor: <scale as big-endian float32 hex>``.
+
+    Scale is amax / 127 for symmetric INT8. ``trt_version`` is TensorRT's integer version
+    (e.g. 100300 for 10.3.0), which TensorRT compares on load.
+    """
+    lines = [f"TRT-{trt_version}-{_TRT_CACHE_ALGORITHM[method]}"]
+    for name in sorted(ranges):
+        low, high = ranges[name]
+        scale = max(abs(low), abs(high), 1e-12) / 127.0
+        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    return "\n".join(lines) + "\n"
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict:
+    """Counts of Q/DQ nodes and of quantized element types, to prove the graph is quantized."""
+    quantized = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    dequantized = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
+    zero_point_types = sorted({onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer if i.name.endswith("_zero_point")})
+    return {"quantize_linear": quantized, "dequantize_linear": dequantized, "zero_point_types": zero_point_types}

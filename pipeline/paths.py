@@ -1,0 +1,71 @@
+"""Where every artifact lives. One place, so stages, dvc.yaml and tests agree."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config.schema import PipelineConfig
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def exported(self) -> Path:
+        return self.root / "model.onnx"
+
+    @property
+    def simplified(self) -> Path:
+        return self.root / "simplified.onnx"
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    root: Path
+    metrics: Path
+    latency_plot: Path
+
+    @property
+    def calibrated_dir(self) -> Path:  # calibrated.onnx, manifest.json, calibration.cache, report.json
+        return self.root / "calibrated"
+
+    @property
+    def calibrated(self) -> Path:
+        return self.calibrated_dir / "model.onnx"
+
+    @property
+    def manifest(self) -> Path:
+        return self.calibrated_dir / "manifest.json"
+
+    @property
+    def engine_dir(self) -> Path:
+        return self.root / "engine"
+
+    @property
+    def validate_metrics(self) -> Path:
+        return self.metrics / "validate.json"
+
+    @property
+    def benchmark_metrics(self) -> Path:
+        return self.metrics / "benchmark.json"
+
+
+def model_paths(cfg: PipelineConfig, model: str) -> ModelPaths:
+    return ModelPaths(Path(cfg.artifacts_dir) / "models" / model)
+
+
+def model_metrics(cfg: PipelineConfig, model: str) -> Path:
+    return Path(cfg.metrics_dir) / "models" / model
+
+
+def build_paths(cfg: PipelineConfig, build: str) -> BuildPaths:
+    return BuildPaths(
+        root=Path(cfg.artifacts_dir) / "builds" / build,
+        metrics=Path(cfg.metrics_dir) / "builds" / build,
+        latency_plot=Path(cfg.plots_dir) / "latency" / f"{build}.json",
+    )

@@ -1,0 +1,1 @@
+"""Report layer: one table and plot across precisions, per model and target."""

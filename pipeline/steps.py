@@ -1,0 +1,175 @@
+"""What each DVC stage does, as plain functions of the composed config (the top layer).
+
+stages/*.py only parse arguments, load params.yaml and call one function here.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backends import BuildRequest, get_backend
+from .backends.onnxruntime_backend import load_onnx_runner
+from .cli import console, progress_bar
+from .config.load import BuildContext, ModelContext
+from .config.schema import ModelSource, PipelineConfig, PrecisionMode
+from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
+from .errors import PipelineError
+from .evaluate.benchmark import sweep
+from .evaluate.validate import check_gates, evaluate
+from .io import atomic_dir, read_json, require_file, sha256_json, write_json
+from .paths import build_paths, model_metrics, model_paths
+
+
+# --- per model -------------------------------------------------------------------------------
+
+def prepare(cfg: PipelineConfig, ctx: ModelContext) -> None:
+    """Train (digits_cnn) or instantiate + re-estimate BatchNorm (torchvision): a checkpoint."""
+    from .models import prepare_checkpoint
+
+    dataset = load_dataset(ctx.dataset_name, ctx.dataset)
+    splits = make_splits(dataset, ctx.dataset)
+    prepare_checkpoint(ctx.model, dataset, splits, model_paths(cfg, ctx.name).checkpoint, progress=lambda line: console.print(f"  {line}"))
+
+
+def export(cfg: PipelineConfig, ctx: ModelContext) -> None:
+    from .models import build_torch_model, load_checkpoint
+    from .onnx_tools.export import export_onnx
+
+    paths = model_paths(cfg, ctx.name)
+    model = build_torch_model(ctx.model)
+    model.load_state_dict(load_checkpoint(paths.checkpoint))
+    export_onnx(model, ctx.model, paths.exported)
+
+
+def simplify(cfg: PipelineConfig, ctx: ModelContext) -> dict:
+    from .onnx_tools.simplify import simplify_file
+
+    paths = model_paths(cfg, ctx.name)
+    metrics = simplify_file(paths.exported, paths.simplified)
+    write_json(model_metrics(cfg, ctx.name) / "simplify.json", metrics)
+    return metrics
+
+
+# --- per build -------------------------------------------------------------------------------
+
+def calibrate(ctx: BuildContext) -> dict:
+    """Write the precision-converted ONNX for this build, with a manifest of the samples used."""
+    cfg = ctx.config
+    paths = build_paths(cfg, ctx.name)
+    source = require_file(model_paths(cfg, ctx.entry.model).simplified, "simplified ONNX")
+    mode = ctx.precision.mode
+    with atomic_dir(paths.calibrated_dir) as out:
+        model_out, manifest_out = out / paths.calibrated.name, out / paths.manifest.name
+        report: dict = {"build": ctx.name, "precision": ctx.precision_name, "mode": mode.value}
+        if mode == PrecisionMode.passthrough:
+            shutil.copyfile(source, model_out)
+            write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
+        elif mode == PrecisionMode.autocast:
+            from .onnx_tools.autocast import autocast_file
+
+            report["autocast"] = autocast_file(source, model_out, ctx.precision.dtype)
+            write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
+        else:
+            report.update(_quantize(ctx, source, out))
+        write_json(out / "report.json", report)
+    return report
+
+
+def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
+    from .onnx_tools.inspect import load_model
+    from .onnx_tools.quantize import collect_ranges, qdq_summary, quantize_qdq, trt_calibration_cache
+
+    cfg, calibration = ctx.config, ctx.config.calibration
+    if ctx.precision.dtype != "int8":
+        raise PipelineError(f"Q/DQ precision '{ctx.precision_name}' ({ctx.precision.dtype}) is not supported by the calibrate stage yet; supported: int8")
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    splits = make_splits(dataset, ctx.dataset)
+    indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
+    check_disjoint(dataset, indices, splits.validation)
+    write_json(out / "manifest.json", make_manifest(dataset, indices, "calibration", calibration.seed))
+    input_name = ctx.model.inputs[0].name
+    started = time.perf_counter()
+    chunks = (({input_name: batch}) for _, batch in dataset.batches(indices, calibration.batch_size))
+    with progress_bar() as progress:
+        task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
+        ranges = collect_ranges(
+            source, chunks, calibration, symmetric=ctx.target.quantization.format.value == "trt_s8s8",
+            on_chunk=lambda _: progress.advance(task, calibration.batch_size),
+        )
+    collect_seconds = time.perf_counter() - started
+    quantize_qdq(source, out / "model.onnx", ranges, ctx.target.quantization.format, ctx.target.quantization.per_channel, calibration.method)
+    trt_version = (ctx.target.tensorrt_major or 10) * 10000
+    (out / "calibration.cache").write_text(trt_calibration_cache(ranges, calibration.method, trt_version), encoding="utf-8")
+    return {
+        "method": calibration.method.value,
+        "num_samples": len(indices),
+        "quant_format": ctx.target.quantization.format.value,
+        "calibrated_tensors": len(ranges),
+        "statistics_seconds": round(collect_seconds, 1),
+        "qdq": qdq_summary(load_model(out / "model.onnx")),
+    }
+
+
+def build(ctx: BuildContext) -> dict:
+    cfg = ctx.config
+    paths = build_paths(cfg, ctx.name)
+    backend = get_backend(ctx.target.backend)
+    backend.check_available()
+    source = require_file(paths.calibrated, "calibrated ONNX")
+    with atomic_dir(paths.engine_dir) as out:
+        request = BuildRequest(
+            onnx_path=source, out_dir=out, target_name=ctx.entry.target, target=ctx.target, model=ctx.model,
+            precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()),
+        )
+        sidecar = backend.build(request)
+    return sidecar
+
+
+def validate(ctx: BuildContext) -> dict:
+    """Metrics first, then the gates: a missed gate keeps its metrics and raises."""
+    cfg = ctx.config
+    paths = build_paths(cfg, ctx.name)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    splits = make_splits(dataset, ctx.dataset)
+    manifest = read_json(require_file(paths.manifest, "calibration manifest"))
+    used = {sample["id"] for sample in manifest["samples"]}
+    overlap = used & {dataset.ids[i] for i in splits.validation}
+    if overlap:
+        raise PipelineError(f"{len(overlap)} validation samples were used for calibration (e.g. {sorted(overlap)[0]}); the splits must be disjoint")
+    backend = get_backend(ctx.target.backend)
+    reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
+    with backend.load(paths.engine_dir) as runner, progress_bar() as progress:
+        task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
+        metrics = evaluate(runner, reference, dataset, splits.validation, on_batch=lambda n: progress.advance(task, n))
+    failures = check_gates(metrics, ctx.model.gates)
+    metrics["gates_passed"] = not failures
+    metrics["gate_failures"] = failures
+    write_json(paths.validate_metrics, metrics)
+    if failures:
+        raise PipelineError(f"validation gate failed for {ctx.name}: " + "; ".join(failures))
+    return metrics
+
+
+def benchmark(ctx: BuildContext) -> list:
+    cfg = ctx.config
+    paths = build_paths(cfg, ctx.name)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    validation = make_splits(dataset, ctx.dataset).validation
+    input_name = ctx.model.inputs[0].name
+
+    def feeds(batch_size: int) -> dict:
+        indices = [validation[i % len(validation)] for i in range(batch_size)]
+        return {input_name: dataset.load(indices)}
+
+    def report(row: dict) -> None:
+        note = "  [yellow]noisy: repeat medians differ by {:.0%}[/]".format(row["repeat_spread"]) if row["noisy"] else ""
+        console.print(f"  {ctx.name} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  {row['throughput']:.1f}/s{note}")
+
+    with get_backend(ctx.target.backend).load(paths.engine_dir, threads=cfg.benchmark.threads) as runner:
+        rows = sweep(runner, feeds, cfg.benchmark, on_row=report)
+    write_json(paths.benchmark_metrics, {f"batch_{row['batch_size']}": row for row in rows})
+    write_json(paths.latency_plot, [{"build": ctx.name, **row} for row in rows])
+    return rows

@@ -1,0 +1,46 @@
+"""Shared fixtures: real Hydra composition, real data, real digits model artifacts (built once)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import steps
+from pipeline.config import load_params, resolve_build, resolve_model, write_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_config(tmp_path: Path, *overrides: str):
+    """Compose conf/ with overrides into a params file and load it back, typed."""
+    params = tmp_path / "params.yaml"
+    write_params(params, overrides)
+    return load_params(params)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """A composed config whose artifacts live in a temp folder: digits CNN on the CPU, fp32 + int8."""
+    root = tmp_path_factory.mktemp("workspace")
+    return compose_config(
+        root, "model=[digits_cnn]", "dataset=[digits]", "benchmark=quick",
+        f"artifacts_dir={root / 'artifacts'}", f"metrics_dir={root / 'metrics'}", f"plots_dir={root / 'plots'}",
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_model(workspace):
+    """prepare -> export -> simplify for the digits CNN, run once for the session."""
+    ctx = resolve_model(workspace, "digits_cnn")
+    steps.prepare(workspace, ctx)
+    steps.export(workspace, ctx)
+    steps.simplify(workspace, ctx)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def digits_int8(workspace, digits_model):
+    ctx = resolve_build(workspace, "digits_cnn-cpu-int8")
+    steps.calibrate(ctx)
+    steps.build(ctx)
+    return ctx

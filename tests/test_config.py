@@ -1,0 +1,109 @@
+"""Hydra composition: every option composes, bad input fails with a message naming what's allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import CONF_DIR, compose_yaml
+from pipeline.config.schema import Backend
+from pipeline.errors import PipelineError
+
+from .conftest import REPO, compose_config
+
+TARGETS = sorted(p.stem for p in (CONF_DIR / "target").glob("*.yaml"))
+
+
+def test_committed_params_yaml_matches_conf():
+    assert (REPO / "params.yaml").read_text() == compose_yaml(), "params.yaml is stale: run `make params`"
+
+
+def test_default_matrix_is_two_models_on_cpu_at_fp32_and_int8(tmp_path):
+    cfg = compose_config(tmp_path)
+    assert len(cfg.model) >= 2
+    assert sorted(cfg.builds) == sorted(f"{m}-cpu-{p}" for m in cfg.model for p in ("fp32", "int8"))
+    for name, entry in cfg.builds.items():
+        assert name == f"{entry.model}-{entry.target}-{entry.precision.value}"
+        assert entry.dataset == cfg.model[entry.model].dataset
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_target_composes_with_each_precision_it_supports(tmp_path, target):
+    cfg = compose_config(tmp_path, f"target=[{target}]", "precision=[fp32]")
+    allowed = [p.value for p in cfg.target[target].precisions]
+    cfg = compose_config(tmp_path, f"target=[{target}]", f"precision=[{','.join(allowed)}]")
+    assert {e.precision.value for e in cfg.builds.values()} == set(allowed)
+    assert cfg.target[target].backend in set(Backend)
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"model=[{m}]"] for m in _options("model")]
+    + [[f"calibration={c}"] for c in _options("calibration")]
+    + [[f"benchmark={b}"] for b in _options("benchmark")]
+    + [[f"precision=[{p}]", "target=[h100]"] for p in _options("precision")],
+    ids=lambda o: " ".join(o),
+)
+def test_every_group_option_composes(tmp_path, overrides):
+    cfg = compose_config(tmp_path, *overrides)
+    assert cfg.builds
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["precision=[fp16]"], "target 'cpu' cannot run precision ['fp16']; it supports ['fp32', 'int8']"),
+        (["target=[a100]", "precision=[fp8]"], "target 'a100' cannot run precision ['fp8']; it supports ['fp32', 'fp16', 'bf16', 'int8']"),
+        (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, resnet18"),
+        (["target=[tpu]"], "available target options: a100, cpu, h100, h200, jetson_orin, l4, rtx4090"),
+        (["calibration=magic"], "available calibration options: entropy, minmax, percentile"),
+        (["model.digits_cnn.opset=seventeen"], "could not be converted to Integer"),
+        (["target.cpu.backend=tvm"], "expected one of [onnxruntime, tensorrt, tensorrt_rtx]"),
+        (["+model.digits_cnn.typo_key=1"], "Key 'typo_key' not in 'ModelConfig'"),
+        (["dataset=[digits]"], "model 'resnet18' uses dataset 'photo_crops', which is not selected"),
+    ],
+)
+def test_bad_config_fails_at_compose_time_naming_what_is_allowed(tmp_path, overrides, expected):
+    with pytest.raises(PipelineError) as info:
+        compose_config(tmp_path, *overrides)
+    assert expected in str(info.value)
+
+
+def test_unknown_key_in_a_config_file_is_rejected(tmp_path):
+    conf = tmp_path / "conf"
+    import shutil
+
+    shutil.copytree(CONF_DIR, conf)
+    path = conf / "target" / "cpu.yaml"
+    path.write_text(path.read_text() + "warp_speed: 9\n")
+    with pytest.raises(PipelineError, match="Key 'warp_speed' not in 'TargetConfig'"):
+        compose_yaml(config_dir=conf)
+
+
+def test_params_yaml_with_wrong_type_is_rejected_by_stages(tmp_path):
+    from pipeline.config import load_params
+
+    params = yaml.safe_load(compose_yaml())
+    params["calibration"]["num_samples"] = "many"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(PipelineError, match="calibration.num_samples"):
+        load_params(path)
+    with pytest.raises(PipelineError, match="make params"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_check_command_detects_drift(tmp_path):
+    import subprocess
+    import sys
+
+    stale = tmp_path / "params.yaml"
+    stale.write_text(compose_yaml().replace("num_samples: 500", "num_samples: 400"))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "check", "--params", str(stale)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "out of date with conf/" in result.stderr and "num_samples: 500" in result.stderr
