@@ -1,0 +1,107 @@
+"""ONNX Runtime backend behind the build/load/run interface; validate metrics, gates, benchmark."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import steps
+from pipeline.backends import get_backend
+from pipeline.config import resolve_build
+from pipeline.config.schema import BenchmarkConfig, Gates
+from pipeline.errors import PipelineError
+from pipeline.evaluate.benchmark import sweep
+from pipeline.evaluate.validate import check_gates, compare_outputs
+from pipeline.io import read_json, sha256_file
+from pipeline.paths import build_paths
+
+
+def test_ort_build_writes_optimized_model_and_sidecar(workspace, digits_int8):
+    paths = build_paths(workspace, digits_int8.name)
+    sidecar = read_json(paths.engine_dir / "sidecar.json")
+    assert sidecar["backend"] == "onnxruntime" and sidecar["precision"] == "int8"
+    assert sidecar["onnx_sha256"] == sha256_file(paths.calibrated)
+    assert sidecar["artifact_sha256"] == sha256_file(paths.engine_dir / "model.onnx")
+    assert sidecar["inputs"] == [{"name": "input", "shape": [-1, 1, 8, 8], "dtype": "float32"}]
+    assert len(sidecar["config_hash"]) == 64
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(paths.engine_dir / "model.onnx")).graph.node}
+    assert "QLinearConv" in ops, "the u8s8 Q/DQ graph should fuse to integer convolutions offline"
+
+
+def test_runner_rejects_wrong_input_shape(workspace, digits_int8):
+    with get_backend("onnxruntime").load(build_paths(workspace, digits_int8.name).engine_dir) as runner:
+        assert runner.run({"input": np.zeros((3, 1, 8, 8), np.float32)})["logits"].shape == (3, 10)
+        with pytest.raises(PipelineError, match=r"input 'input' has shape \(2, 1, 16, 16\); the model expects \(-1, 1, 8, 8\)"):
+            runner.run({"input": np.zeros((2, 1, 16, 16), np.float32)})
+        with pytest.raises(PipelineError, match="missing input 'input'"):
+            runner.run({"x": np.zeros((2, 1, 8, 8), np.float32)})
+
+
+def test_loading_an_artifact_from_another_backend_or_version_is_refused(workspace, digits_int8, tmp_path):
+    import json
+    import shutil
+
+    engine = tmp_path / "engine"
+    shutil.copytree(build_paths(workspace, digits_int8.name).engine_dir, engine)
+    sidecar = json.loads((engine / "sidecar.json").read_text())
+    sidecar["versions"]["onnxruntime"] = "0.0.1"
+    (engine / "sidecar.json").write_text(json.dumps(sidecar))
+    with pytest.raises(PipelineError, match="optimized by onnxruntime 0.0.1"):
+        get_backend("onnxruntime").load(engine)
+    sidecar["backend"] = "tensorrt"
+    (engine / "sidecar.json").write_text(json.dumps(sidecar))
+    with pytest.raises(PipelineError, match="built by backend 'tensorrt'"):
+        get_backend("onnxruntime").load(engine)
+
+
+def test_int8_digits_meets_the_accuracy_floor(workspace, digits_int8):
+    metrics = steps.validate(digits_int8)
+    assert metrics["accuracy_drop"] <= 1.0
+    assert metrics["top1_agreement"] >= 0.99
+    assert metrics["reference_accuracy"] > 95.0
+    assert metrics["gates_passed"] and metrics["outputs"]["logits"]["cosine_mean"] > 0.99
+
+
+def test_a_missed_gate_writes_metrics_then_fails_naming_metric_value_and_limit(workspace, digits_int8):
+    import dataclasses
+
+    strict = dataclasses.replace(digits_int8.model, gates=Gates(min_cosine=0.999999))
+    ctx = dataclasses.replace(digits_int8, model=strict)
+    with pytest.raises(PipelineError, match=r"cosine_mean = 0\.\d+, limit >= 0.999999"):
+        steps.validate(ctx)
+    written = read_json(build_paths(workspace, digits_int8.name).validate_metrics)
+    assert written["gates_passed"] is False and written["gate_failures"]
+
+
+def test_compare_outputs_and_gates_on_known_perturbations():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(32, 10)).astype(np.float32)
+    assert compare_outputs(reference, reference)["rel_l2_error"] == 0.0
+    noisy = compare_outputs(reference, reference + 0.1)
+    assert noisy["max_abs_error"] == pytest.approx(0.1, rel=1e-5) and noisy["cosine_min"] < 1.0
+    flipped = compare_outputs(reference, -reference)
+    assert flipped["cosine_mean"] == pytest.approx(-1.0)
+    failures = check_gates({"accuracy_drop": 2.5, "top1_agreement": 0.98}, Gates(max_accuracy_drop=1.0, min_top1_agreement=0.99))
+    assert failures == ["accuracy_drop = 2.5000, limit <= 1.0", "top1_agreement = 0.9800, limit >= 0.99"]
+    assert check_gates({}, Gates(max_accuracy_drop=1.0)) == ["accuracy_drop: not measured (no labels?), limit <= 1.0"]
+
+
+def test_benchmark_sweep_reports_percentiles_throughput_and_spread(workspace, digits_int8):
+    cfg = BenchmarkConfig(batch_sizes=[1, 4], warmup=1, iterations=8, repeats=2, max_seconds_per_batch=5.0)
+    with get_backend("onnxruntime").load(build_paths(workspace, digits_int8.name).engine_dir) as runner:
+        rows = sweep(runner, lambda bs: {"input": np.zeros((bs, 1, 8, 8), np.float32)}, cfg)
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    for row in rows:
+        assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["throughput"] == pytest.approx(row["batch_size"] * 1000 / row["mean_ms"])
+        assert row["runs"] == 16 and isinstance(row["noisy"], bool)
+
+
+def test_fp32_build_validates_identically_to_its_reference(workspace, digits_model):
+    ctx = resolve_build(workspace, "digits_cnn-cpu-fp32")
+    steps.calibrate(ctx)
+    steps.build(ctx)
+    metrics = steps.validate(ctx)
+    assert metrics["top1_agreement"] == 1.0 and metrics["accuracy_drop"] == 0.0
+    assert metrics["outputs"]["logits"]["max_abs_error"] < 1e-4

@@ -1,0 +1,79 @@
+"""Real datasets, deterministic splits, calibration draws and manifests."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config.schema import DatasetConfig, DatasetSource
+from pipeline.data import Splits, calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
+from pipeline.errors import PipelineError
+
+DIGITS = DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=497)
+PHOTOS = DatasetConfig(source=DatasetSource.photo_crops, num_samples=40, num_validation=10, image_size=64)
+
+
+def test_digits_splits_are_disjoint_deterministic_and_cover_everything():
+    dataset = load_dataset("digits", DIGITS)
+    first, second = make_splits(dataset, DIGITS), make_splits(dataset, DIGITS)
+    assert first == second
+    assert not set(first.train) & set(first.validation)
+    assert sorted(first.train + first.validation) == list(range(len(dataset)))
+    assert len(first.validation) == 497
+    assert dataset.labels is not None and set(np.unique(dataset.labels)) == set(range(10))
+
+
+def test_calibration_draws_exactly_n_seeded_samples_from_the_training_split():
+    dataset = load_dataset("digits", DIGITS)
+    splits = make_splits(dataset, DIGITS)
+    picked = calibration_indices(splits, 500, seed=0)
+    assert len(picked) == len(set(picked)) == 500
+    assert set(picked) <= set(splits.train)
+    assert picked == calibration_indices(splits, 500, seed=0)
+    assert picked != calibration_indices(splits, 500, seed=1)
+    check_disjoint(dataset, picked, splits.validation)
+
+
+def test_too_few_samples_is_a_clear_error():
+    splits = make_splits(load_dataset("digits", DIGITS), DIGITS)
+    with pytest.raises(PipelineError, match="calibration.num_samples=2000 but the calibration split of 'digits' has only 1300"):
+        calibration_indices(splits, 2000, seed=0, dataset_name="digits")
+
+
+def test_overlapping_splits_are_refused_by_index_and_by_content():
+    dataset = load_dataset("digits", DIGITS)
+    splits = make_splits(dataset, DIGITS)
+    with pytest.raises(PipelineError, match="overlap in 1 samples"):
+        check_disjoint(dataset, splits.train[:5] + splits.validation[:1], splits.validation)
+    # Same pixels under another index: a duplicated image must be caught too.
+    duplicated = load_dataset("digits", DIGITS)
+    images = duplicated.load(range(len(duplicated)))
+    images[splits.train[0]] = images[splits.validation[0]]
+    duplicated.loader = lambda idx: images[idx]
+    with pytest.raises(PipelineError, match="same content as a validation sample"):
+        check_disjoint(duplicated, splits.train[:5], splits.validation)
+
+
+def test_manifest_records_ids_and_content_hashes():
+    dataset = load_dataset("digits", DIGITS)
+    manifest = make_manifest(dataset, [3, 7], "calibration", seed=0)
+    assert [s["id"] for s in manifest["samples"]] == ["digits/3", "digits/7"]
+    import hashlib
+
+    assert manifest["samples"][1]["sha256"] == hashlib.sha256(dataset.load([7])[0].tobytes()).hexdigest()
+
+
+def test_photo_crops_are_real_varied_and_reproducible():
+    dataset = load_dataset("photos", PHOTOS)
+    batch = dataset.load(range(8))
+    assert batch.shape == (8, 3, 64, 64) and batch.dtype == np.float32
+    assert np.array_equal(batch, load_dataset("photos", PHOTOS).load(range(8)))
+    assert len({round(float(x.std()), 4) for x in batch}) == 8  # distinct crops
+    assert dataset.labels is None
+    assert all(i.startswith("photo_crops/") for i in dataset.ids)
+
+
+def test_invalid_split_size_is_refused():
+    dataset = load_dataset("digits", DIGITS)
+    with pytest.raises(PipelineError, match="num_validation=1797 must be between 1 and 1796"):
+        make_splits(dataset, DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=1797))
+    assert isinstance(make_splits(dataset, DIGITS), Splits)

@@ -1,0 +1,137 @@
+"""The real `dvc repro` / `dvc exp run` on a small default, in a temporary git repository."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["model=[digits_cnn]", "dataset=[digits]", "benchmark=quick"]
+PROJECT_FILES = ["conf", "pipeline", "stages", "hydra_plugins", "dvc.yaml", ".dvcignore"]
+
+
+def _env():
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stages' `python` = this venv
+    return env
+
+
+def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=repo, env=_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran(result: subprocess.CompletedProcess) -> set:
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+
+
+def set_param(repo: Path, dotted: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dvcrepo")
+    for name in PROJECT_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
+    run(root, "git", "init", "-q")
+    run(root, "git", "config", "user.email", "ci@example.invalid")
+    run(root, "git", "config", "user.name", "ci")
+    run(root, "dvc", "init", "-q")
+    run(root, "dvc", "config", "hydra.enabled", "true")
+    run(root, sys.executable, "-m", "pipeline", "compose", *SMALL)
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "init")
+    first = run(root, "dvc", "repro")
+    return root, first
+
+
+def test_cold_repro_runs_every_stage_and_reports(repo):
+    root, first = repo
+    builds = ["digits_cnn-cpu-fp32", "digits_cnn-cpu-int8"]
+    expected = {f"{s}@digits_cnn" for s in ("prepare", "export", "simplify")}
+    expected |= {f"{s}@{b}" for s in ("calibrate", "build", "validate", "benchmark") for b in builds}
+    assert ran(first) == expected | {"report"}
+    summary = (root / "reports" / "summary.md").read_text()
+    assert "## digits_cnn on cpu" in summary and "| int8 |" in summary
+    assert (root / "metrics" / "builds" / "digits_cnn-cpu-int8" / "validate.json").is_file()
+    shown = run(root, "dvc", "metrics", "show", "--json").stdout
+    assert "top1_agreement" in shown and "p99_ms" in shown
+
+
+def test_second_repro_runs_nothing(repo):
+    root, _ = repo
+    second = run(root, "dvc", "repro")
+    assert ran(second) == set()
+
+
+def test_benchmark_param_change_reruns_only_benchmarks(repo):
+    root, _ = repo
+    set_param(root, "benchmark.iterations", 4)
+    result = run(root, "dvc", "repro")
+    assert ran(result) == {"benchmark@digits_cnn-cpu-fp32", "benchmark@digits_cnn-cpu-int8", "report"}
+
+
+def test_calibration_param_change_reruns_calibration_and_downstream_only(repo):
+    root, _ = repo
+    set_param(root, "calibration.num_samples", 400)
+    result = run(root, "dvc", "repro")
+    stages = ran(result)
+    assert "calibrate@digits_cnn-cpu-int8" in stages and "build@digits_cnn-cpu-int8" in stages
+    assert "validate@digits_cnn-cpu-int8" in stages
+    assert not {s for s in stages if s.split("@")[0] in ("prepare", "export", "simplify")}
+    # fp32 passthrough output is byte-identical, so its build is skipped
+    assert "build@digits_cnn-cpu-fp32" not in stages
+
+
+def test_a_killed_stage_leaves_no_partial_output_and_repro_recovers(repo):
+    root, _ = repo
+    set_param(root, "calibration.seed", 7)
+    process = subprocess.Popen(["dvc", "repro"], cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = ""
+    deadline = time.time() + 120
+    while "Running stage 'calibrate@digits_cnn-cpu-int8'" not in seen and time.time() < deadline:
+        seen += process.stdout.readline()
+    time.sleep(2.0)  # inside the calibration pass
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    calibrated = root / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "calibrated"
+    assert not calibrated.exists() or (calibrated / "model.onnx").is_file() and (calibrated / "manifest.json").is_file()
+    result = run(root, "dvc", "repro")
+    assert "calibrate@digits_cnn-cpu-int8" in ran(result) or (calibrated / "model.onnx").is_file()
+    assert not list(root.glob("artifacts/**/.*.tmp"))
+    assert ran(run(root, "dvc", "repro")) == set()
+
+
+def test_dvc_exp_run_composes_conf_with_overrides_through_the_schema(repo):
+    root, _ = repo
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "state")
+    result = run(root, "dvc", "exp", "run", *[f"-S{o}" for o in SMALL], "-Scalibration=entropy")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert params["calibration"]["method"] == "entropy"
+    assert set(params["builds"]) == {"digits_cnn-cpu-fp32", "digits_cnn-cpu-int8"}
+    assert "calibrate@digits_cnn-cpu-int8" in ran(result)
+    refused = run(root, "dvc", "exp", "run", "-Sprecision=[fp16]", *[f"-S{o}" for o in SMALL], check=False)
+    assert refused.returncode != 0
+    assert "target 'cpu' cannot run precision ['fp16']" in refused.stdout + refused.stderr

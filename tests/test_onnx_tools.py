@@ -1,0 +1,152 @@
+"""Export, simplify, quantize: real torch exports, real onnx-graphsurgeon, real ORT calibration."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import onnx
+import pytest
+
+from pipeline import steps
+from pipeline.backends.onnxruntime_backend import load_onnx_runner
+from pipeline.config import resolve_build
+from pipeline.config.schema import CalibrationMethod, QuantFormat
+from pipeline.data import load_dataset, make_splits
+from pipeline.errors import PipelineError
+from pipeline.io import read_json, sha256_file
+from pipeline.onnx_tools.inspect import load_model
+from pipeline.onnx_tools.quantize import collect_ranges, quantize_qdq, trt_calibration_cache
+from pipeline.onnx_tools.simplify import simplify_file
+from pipeline.paths import build_paths, model_paths
+
+
+def test_export_is_byte_deterministic_with_named_io_and_dynamic_batch(workspace, digits_model, tmp_path):
+    paths = model_paths(workspace, "digits_cnn")
+    first = sha256_file(paths.exported)
+    steps.export(workspace, digits_model)
+    assert sha256_file(paths.exported) == first
+    model = onnx.load(str(paths.exported))
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert model.opset_import[0].version == 17
+
+
+def test_prepare_is_deterministic_and_the_cnn_learned_digits(workspace, digits_model):
+    paths = model_paths(workspace, "digits_cnn")
+    before = sha256_file(paths.checkpoint)
+    steps.prepare(workspace, digits_model)
+    assert sha256_file(paths.checkpoint) == before
+    dataset = load_dataset("digits", digits_model.dataset)
+    validation = make_splits(dataset, digits_model.dataset).validation
+    runner = load_onnx_runner(paths.simplified)
+    logits = runner.run({"input": dataset.load(validation)})["logits"]
+    assert (logits.argmax(1) == dataset.labels[validation]).mean() > 0.95
+
+
+def test_simplified_model_matches_original_on_real_inputs(workspace, digits_model):
+    paths = model_paths(workspace, "digits_cnn")
+    dataset = load_dataset("digits", digits_model.dataset)
+    batch = dataset.load(range(64))
+    original = load_onnx_runner(paths.exported, level="disabled").run({"input": batch})["logits"]
+    simplified = load_onnx_runner(paths.simplified, level="disabled").run({"input": batch})["logits"]
+    np.testing.assert_allclose(simplified, original, rtol=1e-5, atol=1e-5)
+    metrics = read_json(workspace.metrics_dir + "/models/digits_cnn/simplify.json")
+    assert metrics["nodes_after"] <= metrics["nodes_before"]
+
+
+def test_simplify_folds_constant_subgraphs_and_drops_initializer_inputs(tmp_path):
+    """An old-exporter style graph: weights also listed as inputs, and a weight computed at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["w", "two"], ["w2"], name="scale_weight"),
+         helper.make_node("MatMul", ["x", "w2"], ["y"], name="matmul")],
+        "legacy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], initializer=[weight, two],
+    )
+    src = tmp_path / "legacy.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), src)
+    metrics = simplify_file(src, tmp_path / "simple.onnx")
+    simple = onnx.load(str(tmp_path / "simple.onnx"))
+    assert metrics == {**metrics, "nodes_before": 2, "nodes_after": 1}
+    assert [i.name for i in simple.graph.input] == ["x"]
+    x = np.ones((4, 2), np.float32)
+    np.testing.assert_allclose(load_onnx_runner(tmp_path / "simple.onnx").run({"x": x})["y"], x @ (weight_array := np.arange(6, dtype=np.float32).reshape(2, 3) * 2))
+    del weight_array
+
+
+def test_malformed_and_missing_onnx_give_clear_errors(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07this is not a protobuf")
+    with pytest.raises(PipelineError, match="malformed ONNX file|invalid ONNX model"):
+        load_model(broken)
+    with pytest.raises(PipelineError, match="exported ONNX not found"):
+        simplify_file(tmp_path / "nope.onnx", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def _ranges(workspace, digits_model, symmetric):
+    source = model_paths(workspace, "digits_cnn").simplified
+    dataset = load_dataset("digits", digits_model.dataset)
+    chunks = ({"input": b} for _, b in dataset.batches(range(64), 16))
+    return source, collect_ranges(source, chunks, workspace.calibration, symmetric=symmetric)
+
+
+def test_tensorrt_flavour_is_symmetric_s8_with_float_bias(workspace, digits_model, tmp_path):
+    source, ranges = _ranges(workspace, digits_model, symmetric=True)
+    assert all(abs(lo + hi) < 1e-5 * max(1.0, hi) for lo, hi in ranges.values())  # symmetric ranges
+    out = tmp_path / "trt.onnx"
+    quantize_qdq(source, out, ranges, QuantFormat.trt_s8s8, per_channel=True, method=CalibrationMethod.minmax)
+    model = onnx.load(str(out))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert not any(t.dtype == np.int32 for t in inits.values()), "TensorRT's parser rejects int32 bias"
+    per_channel = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[1]) is not None and inits[n.input[1]].ndim == 1]
+    assert per_channel, "weights must be per-channel"
+
+
+def test_ort_cpu_flavour_is_u8_activations_s8_weights(workspace, digits_model, tmp_path):
+    source, ranges = _ranges(workspace, digits_model, symmetric=False)
+    out = tmp_path / "ort.onnx"
+    quantize_qdq(source, out, ranges, QuantFormat.ort_u8s8, per_channel=True, method=CalibrationMethod.minmax)
+    model = onnx.load(str(out))
+    types = {onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer if i.name.endswith("zero_point")}
+    assert {"UINT8", "INT8"} <= types
+
+
+def test_tensorrt_calibration_cache_is_the_native_format():
+    text = trt_calibration_cache({"input": (-1.27, 1.0), "conv_out": (0.0, 2.54)}, CalibrationMethod.entropy, 100300)
+    lines = text.splitlines()
+    assert lines[0] == "TRT-100300-EntropyCalibration2"
+    name, value = lines[2].split(": ")
+    assert name == "input" and struct.unpack(">f", bytes.fromhex(value))[0] == pytest.approx(0.01)
+
+
+def test_calibrate_stage_writes_manifest_qdq_model_and_cache(workspace, digits_int8):
+    paths = build_paths(workspace, digits_int8.name)
+    manifest = read_json(paths.manifest)
+    assert manifest["num_samples"] == 500 == len({s["id"] for s in manifest["samples"]})
+    report = read_json(paths.calibrated_dir / "report.json")
+    assert report["qdq"]["quantize_linear"] > 0 and report["num_samples"] == 500
+    assert (paths.calibrated_dir / "calibration.cache").read_text().startswith("TRT-")
+    validation_ids = {f"digits/{i}" for i in make_splits(load_dataset("digits", digits_int8.dataset), digits_int8.dataset).validation}
+    assert not validation_ids & {s["id"] for s in manifest["samples"]}
+
+
+def test_too_few_calibration_samples_fails_without_leaving_artifacts(workspace, digits_model, tmp_path):
+    import dataclasses
+
+    ctx = resolve_build(workspace, "digits_cnn-cpu-int8")
+    cfg = dataclasses.replace(workspace, artifacts_dir=str(tmp_path / "a"), calibration=dataclasses.replace(workspace.calibration, num_samples=5000))
+    (tmp_path / "a" / "models" / "digits_cnn").mkdir(parents=True)
+    import shutil
+
+    shutil.copy(model_paths(workspace, "digits_cnn").simplified, tmp_path / "a" / "models" / "digits_cnn" / "simplified.onnx")
+    with pytest.raises(PipelineError, match="calibration.num_samples=5000"):
+        steps.calibrate(dataclasses.replace(ctx, config=cfg))
+    builds = tmp_path / "a" / "builds" / "digits_cnn-cpu-int8"
+    assert not builds.exists() or not any(builds.iterdir())

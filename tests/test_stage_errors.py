@@ -1,0 +1,57 @@
+"""Stage entry points: bad input -> one clear line on stderr, exit 2, no traceback, nothing written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import write_params
+
+from .conftest import REPO
+
+
+@pytest.fixture()
+def params(tmp_path):
+    path = tmp_path / "params.yaml"
+    write_params(path, ["model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}"])
+    return path
+
+
+def stage(params, name, *args):
+    result = subprocess.run([sys.executable, "-m", f"stages.{name}", *args, "--params", str(params)], cwd=REPO, capture_output=True, text=True)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_missing_checkpoint(params, tmp_path):
+    result = stage(params, "export", "--model", "digits_cnn")
+    assert result.returncode == 2
+    assert f"checkpoint not found: {tmp_path / 'a' / 'models' / 'digits_cnn' / 'checkpoint.pt'}" in result.stderr
+    assert not (tmp_path / "a" / "models" / "digits_cnn" / "model.onnx").exists()
+
+
+def test_malformed_onnx(params, tmp_path):
+    model_dir = tmp_path / "a" / "models" / "digits_cnn"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.onnx").write_bytes(b"garbage, not protobuf")
+    result = stage(params, "simplify", "--model", "digits_cnn")
+    assert result.returncode == 2 and "ONNX" in result.stderr and "model.onnx" in result.stderr
+    assert not (model_dir / "simplified.onnx").exists()
+
+
+def test_missing_upstream_onnx(params):
+    result = stage(params, "calibrate", "--build", "digits_cnn-cpu-int8")
+    assert result.returncode == 2 and "simplified ONNX not found" in result.stderr
+
+
+def test_unknown_keys(params):
+    result = stage(params, "export", "--model", "nosuch")
+    assert result.returncode == 2 and "unknown model 'nosuch'; params.yaml has: ['digits_cnn']" in result.stderr
+    result = stage(params, "build", "--build", "digits_cnn-cpu-fp16")
+    assert result.returncode == 2 and "unknown build 'digits_cnn-cpu-fp16'" in result.stderr
+
+
+def test_missing_params_file(tmp_path):
+    result = stage(tmp_path / "nope.yaml", "export", "--model", "digits_cnn")
+    assert result.returncode == 2 and "run `make params`" in result.stderr
