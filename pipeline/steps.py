@@ -14,12 +14,12 @@ from .backends import BuildRequest, get_backend
 from .backends.onnxruntime_backend import load_onnx_runner
 from .cli import console, progress_bar
 from .config.load import BuildContext, ModelContext
-from .config.schema import ModelSource, PipelineConfig, PrecisionMode
+from .config.schema import Backend, CalibrationMode, PipelineConfig, PrecisionMode
 from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
 from .errors import PipelineError
 from .evaluate.benchmark import sweep
 from .evaluate.validate import check_gates, evaluate
-from .io import atomic_dir, read_json, require_file, sha256_json, write_json
+from .io import atomic_dir, atomic_path, read_json, require_file, sha256_json, write_json
 from .paths import build_paths, model_metrics, model_paths
 
 
@@ -83,6 +83,8 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     from .onnx_tools.quantize import collect_ranges, qdq_summary, quantize_qdq, trt_calibration_cache
 
     cfg, calibration = ctx.config, ctx.config.calibration
+    if calibration.mode == CalibrationMode.implicit and ctx.target.backend != Backend.tensorrt:
+        raise PipelineError(f"calibration.mode=implicit applies to TensorRT <= 10 targets only; target '{ctx.entry.target}' uses {ctx.target.backend.value}")
     if ctx.precision.dtype != "int8":
         raise PipelineError(f"Q/DQ precision '{ctx.precision_name}' ({ctx.precision.dtype}) is not supported by the calibrate stage yet; supported: int8")
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
@@ -97,10 +99,14 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
         task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
         ranges = collect_ranges(
             source, chunks, calibration, symmetric=ctx.target.quantization.format.value == "trt_s8s8",
-            on_chunk=lambda _: progress.advance(task, calibration.batch_size),
+            on_chunk=lambda count: progress.advance(task, count),
         )
     collect_seconds = time.perf_counter() - started
-    quantize_qdq(source, out / "model.onnx", ranges, ctx.target.quantization.format, ctx.target.quantization.per_channel, calibration.method)
+    if calibration.mode == CalibrationMode.implicit:
+        # TensorRT <= 10 calibrates the FP32 network itself, replaying calibration.cache.
+        shutil.copyfile(source, out / "model.onnx")
+    else:
+        quantize_qdq(source, out / "model.onnx", ranges, ctx.target.quantization.format, ctx.target.quantization.per_channel, calibration.method)
     trt_version = (ctx.target.tensorrt_major or 10) * 10000
     (out / "calibration.cache").write_text(trt_calibration_cache(ranges, calibration.method, trt_version), encoding="utf-8")
     return {
@@ -109,6 +115,7 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
         "quant_format": ctx.target.quantization.format.value,
         "calibrated_tensors": len(ranges),
         "statistics_seconds": round(collect_seconds, 1),
+        "mode": calibration.mode.value,
         "qdq": qdq_summary(load_model(out / "model.onnx")),
     }
 
@@ -119,12 +126,20 @@ def build(ctx: BuildContext) -> dict:
     backend = get_backend(ctx.target.backend)
     backend.check_available()
     source = require_file(paths.calibrated, "calibrated ONNX")
+    # Warm start shared by every build of one target; the build's own cache is part of its artifact.
+    shared_cache = Path(cfg.artifacts_dir) / "timing_caches" / f"{ctx.entry.target}.cache"
     with atomic_dir(paths.engine_dir) as out:
         request = BuildRequest(
             onnx_path=source, out_dir=out, target_name=ctx.entry.target, target=ctx.target, model=ctx.model,
             precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()),
+            extra={"timing_cache": shared_cache, "calibration_mode": cfg.calibration.mode.value,
+                   "calibration_cache": paths.calibrated_dir / "calibration.cache"},
         )
         sidecar = backend.build(request)
+        built_cache = out / "timing.cache"
+        if built_cache.is_file():
+            with atomic_path(shared_cache) as tmp:
+                shutil.copyfile(built_cache, tmp)
     return sidecar
 
 

@@ -135,3 +135,17 @@ def test_dvc_exp_run_composes_conf_with_overrides_through_the_schema(repo):
     refused = run(root, "dvc", "exp", "run", "-Sprecision=[fp16]", *[f"-S{o}" for o in SMALL], check=False)
     assert refused.returncode != 0
     assert "target 'cpu' cannot run precision ['fp16']" in refused.stdout + refused.stderr
+
+
+def test_gpu_target_joins_the_matrix_and_fails_only_at_build_without_tensorrt(repo):
+    """Keep last: it recomposes params.yaml with the h100 target next to cpu."""
+    root, _ = repo
+    run(root, sys.executable, "-m", "pipeline", "compose", *SMALL, "target=[cpu,h100]")
+    listed = run(root, "dvc", "stage", "list").stdout
+    for stage in ("calibrate@digits_cnn-h100-int8", "build@digits_cnn-h100-int8", "validate@digits_cnn-h100-fp32", "benchmark@digits_cnn-h100-int8"):
+        assert stage in listed
+    result = run(root, "dvc", "repro", "build@digits_cnn-h100-int8", check=False)
+    assert result.returncode != 0
+    assert "calibrate@digits_cnn-h100-int8" in ran(result)
+    assert "needs the tensorrt Python module" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

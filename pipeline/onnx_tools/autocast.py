@@ -20,7 +20,8 @@ def autocast_file(src: Path, dst: Path, dtype: str) -> dict:
         from modelopt.onnx.autocast import convert_to_mixed_precision
     except ImportError as exc:
         raise PipelineError(f"fp16/bf16 conversion needs nvidia-modelopt ({exc}); run `make venv`") from None
-    logging.getLogger("modelopt").setLevel(logging.WARNING)
+    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     converted = convert_to_mixed_precision(
         onnx_path=str(src), low_precision_type=_AUTOCAST_TYPES[dtype], keep_io_types=True, providers=["cpu"]
     )

@@ -66,7 +66,7 @@ def collect_ranges(
     chunks: Iterable[Dict[str, np.ndarray]],
     cfg: CalibrationConfig,
     symmetric: bool,
-    on_chunk: Callable[[int], None] = lambda _: None,
+    on_chunk: Callable[[int], None] = lambda _: None,  # called with each chunk's sample count
 ) -> Dict[str, tuple]:
     """Run every chunk through ``model_path`` and return {tensor name: (low, high)}."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
@@ -83,9 +83,9 @@ def collect_ranges(
             Path(model_path), _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
             calibrate_method=ort_method, extra_options=options,
         )
-        for count, feeds in enumerate(chunks, start=1):
+        for feeds in chunks:
             calibrator.collect_data(_ChunkReader(feeds))
-            on_chunk(count)
+            on_chunk(len(next(iter(feeds.values()))))
         tensors = calibrator.compute_data()
     return {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
 

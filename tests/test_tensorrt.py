@@ -1,0 +1,128 @@
+"""Real TensorRT-RTX engine builds on a CPU-only machine, through the same code as datacenter TensorRT.
+
+TensorRT-RTX builds ahead of time for a compute capability, so parsing, the strongly typed network,
+profiles and the serialized plan are all real here. Without a GPU driver nothing can deserialize a
+plan, so engine inspection and execution are GPU-only (tests/test_gpu.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline import steps
+from pipeline.backends import get_backend
+from pipeline.backends.tensorrt_backend import check_precision, import_tensorrt, network_precisions, parse_onnx
+from pipeline.config import resolve_build, resolve_model
+from pipeline.config.schema import CalibrationMode
+from pipeline.errors import PipelineError
+from pipeline.io import read_json, sha256_file
+from pipeline.paths import build_paths
+
+from .conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+PRECISIONS = ["fp32", "fp16", "int8"]
+
+
+@pytest.fixture(scope="module")
+def rtx(tmp_path_factory):
+    """The default models through calibrate + build for the rtx4090 target at fp32, fp16 and int8."""
+    root = tmp_path_factory.mktemp("rtx")
+    cfg = compose_config(root, "target=[rtx4090]", f"precision=[{','.join(PRECISIONS)}]", f"artifacts_dir={root / 'artifacts'}", f"metrics_dir={root / 'metrics'}")
+    sidecars = {}
+    for model in sorted(cfg.model):
+        ctx = resolve_model(cfg, model)
+        for step in (steps.prepare, steps.export, steps.simplify):
+            step(cfg, ctx)
+        for precision in PRECISIONS:
+            build = resolve_build(cfg, f"{model}-rtx4090-{precision}")
+            steps.calibrate(build)
+            sidecars[build.name] = steps.build(build)
+    return cfg, sidecars
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", "resnet18"])
+def test_engines_are_built_with_the_requested_precisions(rtx, model):
+    cfg, sidecars = rtx
+    for precision in PRECISIONS:
+        name = f"{model}-rtx4090-{precision}"
+        sidecar = sidecars[name]
+        paths = build_paths(cfg, name)
+        dtypes = sidecar["precisions_found"]["network"]["tensor_dtypes"]
+        layers = sidecar["precisions_found"]["network"]["layer_types"]
+        if precision == "int8":
+            assert dtypes.get("INT8", 0) > 0 and layers.get("QUANTIZE", 0) > 0 and layers.get("DEQUANTIZE", 0) > 0
+        elif precision == "fp16":
+            assert dtypes.get("HALF", 0) > dtypes.get("FLOAT", 0), "AutoCast should leave most tensors in fp16"
+            assert "INT8" not in dtypes
+        else:
+            assert "HALF" not in dtypes and "INT8" not in dtypes and "QUANTIZE" not in layers
+        plan = paths.engine_dir / "model.plan"
+        assert plan.stat().st_size > 1000 and sha256_file(plan) == sidecar["plan_sha256"]
+        assert sidecar["onnx_sha256"] == sha256_file(paths.calibrated)
+        assert sidecar["backend"] == "tensorrt_rtx" and sidecar["compute_capability"] == "8.9"
+        assert sidecar["versions"]["tensorrt_rtx"] == import_tensorrt(rtx=True).__version__
+        assert sidecar["timing_cache_sha256"] == sha256_file(paths.engine_dir / "timing.cache")
+        assert sidecar["engine_inspected"] is False  # no GPU here: the inspector needs one
+
+
+def test_dynamic_batch_profiles_come_from_config(rtx):
+    cfg, sidecars = rtx
+    profile = cfg.model["resnet18"].profiles[0]
+    assert sidecars["resnet18-rtx4090-int8"]["profiles"] == [
+        {"input": {"min": [profile.min["batch"], 3, 224, 224], "opt": [profile.opt["batch"], 3, 224, 224], "max": [profile.max["batch"], 3, 224, 224]}}
+    ]
+    assert sidecars["resnet18-rtx4090-int8"]["inputs"][0]["shape"] == [-1, 3, 224, 224]
+
+
+def test_per_target_timing_cache_is_kept_between_builds(rtx):
+    cfg, _ = rtx
+    assert (build_paths(cfg, "digits_cnn-rtx4090-fp32").root.parent.parent / "timing_caches" / "rtx4090.cache").is_file()
+
+
+def test_requested_int8_on_an_fp32_graph_is_refused_listing_what_was_found(rtx):
+    cfg, _ = rtx
+    trt = import_tensorrt(rtx=True)
+    _, network, *_ = parse_onnx(trt, build_paths(cfg, "digits_cnn-rtx4090-fp32").calibrated)
+    with pytest.raises(PipelineError, match=r"int8 was requested but the parsed network has no INT8 tensors; found tensor types \{'FLOAT'"):
+        check_precision(network_precisions(network), "int8", "parsed network")
+    with pytest.raises(PipelineError, match="fp16 was requested"):
+        check_precision(network_precisions(network), "fp16", "parsed network")
+
+
+def test_onnx_runtime_flavoured_qdq_is_rejected_with_node_name_and_op(rtx, tmp_path):
+    """u8 activations with non-zero zero points: valid for ORT, refused by TensorRT's parser."""
+    cfg, _ = rtx
+    ort_cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={cfg.artifacts_dir}", f"metrics_dir={tmp_path / 'm'}")
+    ctx = resolve_build(ort_cfg, "digits_cnn-cpu-int8")
+    steps.calibrate(ctx)
+    with pytest.raises(PipelineError, match=r"the TensorRT ONNX parser rejected .*node '[^']+' \((QuantizeLinear|DequantizeLinear)\)"):
+        parse_onnx(import_tensorrt(rtx=True), build_paths(ort_cfg, ctx.name).calibrated)
+
+
+def test_implicit_calibration_is_refused_outside_tensorrt_10(rtx):
+    cfg, _ = rtx
+    ctx = resolve_build(cfg, "digits_cnn-rtx4090-int8")
+    implicit = dataclasses.replace(cfg, calibration=dataclasses.replace(cfg.calibration, mode=CalibrationMode.implicit))
+    with pytest.raises(PipelineError, match="calibration.mode=implicit applies to TensorRT <= 10 targets only"):
+        steps.calibrate(dataclasses.replace(ctx, config=implicit))
+
+
+def test_running_an_engine_without_a_gpu_is_one_clear_error(rtx):
+    cfg, _ = rtx
+    with pytest.raises(PipelineError, match="needs an NVIDIA GPU and driver"):
+        get_backend("tensorrt_rtx").load(build_paths(cfg, "digits_cnn-rtx4090-int8").engine_dir)
+
+
+def test_datacenter_target_without_tensorrt_fails_at_build_with_install_hint(rtx, tmp_path):
+    cfg, _ = rtx
+    h100 = compose_config(tmp_path, "target=[h100]", "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={cfg.artifacts_dir}", f"metrics_dir={tmp_path / 'm'}")
+    ctx = resolve_build(h100, "digits_cnn-h100-int8")
+    steps.calibrate(ctx)
+    report = read_json(build_paths(h100, ctx.name).calibrated_dir / "report.json")
+    assert report["quant_format"] == "trt_s8s8"
+    with pytest.raises(PipelineError, match="needs the tensorrt Python module.*install NVIDIA TensorRT"):
+        steps.build(ctx)
+    assert not build_paths(h100, ctx.name).engine_dir.exists()
