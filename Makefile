@@ -35,7 +35,7 @@ params: venv
 check-params: venv
 	$(BIN)/python -m pipeline check
 
-bench: venv
+bench: run
 	$(BIN)/python scripts/benchmarks.py
 
 clean:
