@@ -92,13 +92,12 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
     check_disjoint(dataset, indices, splits.validation)
     write_json(out / "manifest.json", make_manifest(dataset, indices, "calibration", calibration.seed))
-    input_name = ctx.model.inputs[0].name
     started = time.perf_counter()
-    chunks = (({input_name: batch}) for _, batch in dataset.batches(indices, calibration.batch_size))
+    chunks = (feeds for _, feeds in dataset.batches(indices, calibration.batch_size))
     with progress_bar() as progress:
         task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
         ranges = collect_ranges(
-            source, chunks, calibration, symmetric=ctx.target.quantization.format.value == "trt_s8s8",
+            source, chunks, calibration, symmetric=ctx.target.quantization.format.value == "trt_s8s8", op_types=ctx.model.quantize_op_types,
             on_chunk=lambda count: progress.advance(task, count),
         )
     collect_seconds = time.perf_counter() - started
@@ -106,7 +105,8 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
         # TensorRT <= 10 calibrates the FP32 network itself, replaying calibration.cache.
         shutil.copyfile(source, out / "model.onnx")
     else:
-        quantize_qdq(source, out / "model.onnx", ranges, ctx.target.quantization.format, ctx.target.quantization.per_channel, calibration.method)
+        quantize_qdq(source, out / "model.onnx", ranges, ctx.target.quantization.format, ctx.target.quantization.per_channel,
+                     calibration.method, op_types=ctx.model.quantize_op_types)
     trt_version = (ctx.target.tensorrt_major or 10) * 10000
     (out / "calibration.cache").write_text(trt_calibration_cache(ranges, calibration.method, trt_version), encoding="utf-8")
     return {
@@ -158,7 +158,7 @@ def validate(ctx: BuildContext) -> dict:
     reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
     with backend.load(paths.engine_dir) as runner, progress_bar() as progress:
         task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
-        metrics = evaluate(runner, reference, dataset, splits.validation, on_batch=lambda n: progress.advance(task, n))
+        metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, on_batch=lambda n: progress.advance(task, n))
     failures = check_gates(metrics, ctx.model.gates)
     metrics["gates_passed"] = not failures
     metrics["gate_failures"] = failures
@@ -173,11 +173,11 @@ def benchmark(ctx: BuildContext) -> list:
     paths = build_paths(cfg, ctx.name)
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     validation = make_splits(dataset, ctx.dataset).validation
-    input_name = ctx.model.inputs[0].name
 
     def feeds(batch_size: int) -> dict:
+        # Fixed shapes: text is padded to the dataset's max_length (e.g. batch x 128 tokens).
         indices = [validation[i % len(validation)] for i in range(batch_size)]
-        return {input_name: dataset.load(indices)}
+        return dataset.load(indices, pad_to_max_length=True)
 
     def report(row: dict) -> None:
         note = "  [yellow]noisy: repeat medians differ by {:.0%}[/]".format(row["repeat_spread"]) if row["noisy"] else ""

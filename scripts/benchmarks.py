@@ -61,7 +61,7 @@ def speed_table(cfg, model: str, build: str, batches=(1, 32), rounds=15) -> list
     }
     rows = []
     for batch in batches:
-        feeds = {"input": dataset.load(validation[:batch])}
+        feeds = dataset.load(validation[:batch], pad_to_max_length=True)
         medians = interleaved(runners, feeds, rounds)
         base, ours = medians.values()
         rows.append((batch, base, ours, base / ours))

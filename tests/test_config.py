@@ -59,7 +59,7 @@ def test_every_group_option_composes(tmp_path, overrides):
     [
         (["precision=[fp16]"], "target 'cpu' cannot run precision ['fp16']; it supports ['fp32', 'int8']"),
         (["target=[a100]", "precision=[fp8]"], "target 'a100' cannot run precision ['fp8']; it supports ['fp32', 'fp16', 'bf16', 'int8']"),
-        (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, resnet18"),
+        (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, minilm, resnet18"),
         (["target=[tpu]"], "available target options: a100, cpu, h100, h200, jetson_orin, l4, rtx4090"),
         (["calibration=magic"], "available calibration options: entropy, minmax, percentile"),
         (["model.digits_cnn.opset=seventeen"], "could not be converted to Integer"),

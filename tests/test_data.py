@@ -46,9 +46,9 @@ def test_overlapping_splits_are_refused_by_index_and_by_content():
         check_disjoint(dataset, splits.train[:5] + splits.validation[:1], splits.validation)
     # Same pixels under another index: a duplicated image must be caught too.
     duplicated = load_dataset("digits", DIGITS)
-    images = duplicated.load(range(len(duplicated)))
+    images = duplicated.load(range(len(duplicated)))["input"]
     images[splits.train[0]] = images[splits.validation[0]]
-    duplicated.loader = lambda idx: images[idx]
+    duplicated.sample_bytes = lambda i: images[i].tobytes()
     with pytest.raises(PipelineError, match="same content as a validation sample"):
         check_disjoint(duplicated, splits.train[:5], splits.validation)
 
@@ -59,14 +59,14 @@ def test_manifest_records_ids_and_content_hashes():
     assert [s["id"] for s in manifest["samples"]] == ["digits/3", "digits/7"]
     import hashlib
 
-    assert manifest["samples"][1]["sha256"] == hashlib.sha256(dataset.load([7])[0].tobytes()).hexdigest()
+    assert manifest["samples"][1]["sha256"] == hashlib.sha256(dataset.load([7])["input"][0].tobytes()).hexdigest()
 
 
 def test_photo_crops_are_real_varied_and_reproducible():
     dataset = load_dataset("photos", PHOTOS)
-    batch = dataset.load(range(8))
+    batch = dataset.load(range(8))["input"]
     assert batch.shape == (8, 3, 64, 64) and batch.dtype == np.float32
-    assert np.array_equal(batch, load_dataset("photos", PHOTOS).load(range(8)))
+    assert np.array_equal(batch, load_dataset("photos", PHOTOS).load(range(8))["input"])
     assert len({round(float(x.std()), 4) for x in batch}) == 8  # distinct crops
     assert dataset.labels is None
     assert all(i.startswith("photo_crops/") for i in dataset.ids)

@@ -40,16 +40,16 @@ def test_prepare_is_deterministic_and_the_cnn_learned_digits(workspace, digits_m
     dataset = load_dataset("digits", digits_model.dataset)
     validation = make_splits(dataset, digits_model.dataset).validation
     runner = load_onnx_runner(paths.simplified)
-    logits = runner.run({"input": dataset.load(validation)})["logits"]
+    logits = runner.run(dataset.load(validation))["logits"]
     assert (logits.argmax(1) == dataset.labels[validation]).mean() > 0.95
 
 
 def test_simplified_model_matches_original_on_real_inputs(workspace, digits_model):
     paths = model_paths(workspace, "digits_cnn")
     dataset = load_dataset("digits", digits_model.dataset)
-    batch = dataset.load(range(64))
-    original = load_onnx_runner(paths.exported, level="disabled").run({"input": batch})["logits"]
-    simplified = load_onnx_runner(paths.simplified, level="disabled").run({"input": batch})["logits"]
+    feeds = dataset.load(range(64))
+    original = load_onnx_runner(paths.exported, level="disabled").run(feeds)["logits"]
+    simplified = load_onnx_runner(paths.simplified, level="disabled").run(feeds)["logits"]
     np.testing.assert_allclose(simplified, original, rtol=1e-5, atol=1e-5)
     metrics = read_json(workspace.metrics_dir + "/models/digits_cnn/simplify.json")
     assert metrics["nodes_after"] <= metrics["nodes_before"]
@@ -91,7 +91,7 @@ def test_malformed_and_missing_onnx_give_clear_errors(tmp_path):
 def _ranges(workspace, digits_model, symmetric):
     source = model_paths(workspace, "digits_cnn").simplified
     dataset = load_dataset("digits", digits_model.dataset)
-    chunks = ({"input": b} for _, b in dataset.batches(range(64), 16))
+    chunks = (feeds for _, feeds in dataset.batches(range(64), 16))
     return source, collect_ranges(source, chunks, workspace.calibration, symmetric=symmetric)
 
 

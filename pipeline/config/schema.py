@@ -57,12 +57,19 @@ class CalibrationMode(str, Enum):
 class ModelSource(str, Enum):
     digits_cnn = "digits_cnn"  # small CNN trained here on scikit-learn's digits
     torchvision = "torchvision"  # architecture by name; random weights unless weights_path
+    hf_transformer = "hf_transformer"  # Hugging Face encoder from a local directory, mean-pooled
     onnx = "onnx"  # bring-your-own ONNX file
 
 
 class DatasetSource(str, Enum):
     sklearn_digits = "sklearn_digits"
     photo_crops = "photo_crops"
+    stdlib_sentences = "stdlib_sentences"
+
+
+class Task(str, Enum):
+    classification = "classification"  # logits: top-1 agreement (and accuracy with labels)
+    embedding = "embedding"  # vectors: cosine and nearest-neighbour retrieval agreement
 
 
 @dataclass
@@ -71,6 +78,14 @@ class TensorSpec:
     # -1 marks a dynamic axis (batch is always axis 0).
     shape: List[int] = field(default_factory=lambda: [-1, 3, 224, 224])
     dtype: str = "float32"
+    # Names of the dynamic axes, in order (profiles refer to them); default: batch, then dim<i>.
+    axes: List[str] = field(default_factory=list)
+
+    def axis_name(self, axis: int) -> str:
+        dynamic = [i for i, d in enumerate(self.shape) if d < 0]
+        if axis in dynamic and dynamic.index(axis) < len(self.axes):
+            return self.axes[dynamic.index(axis)]
+        return "batch" if axis == 0 else f"{self.name}_dim{axis}"
 
 
 @dataclass
@@ -87,6 +102,7 @@ class Gates:
     max_accuracy_drop: Optional[float] = None  # points of task accuracy lost against FP32
     min_top1_agreement: Optional[float] = None  # fraction of samples with FP32's top-1 class
     min_cosine: Optional[float] = None  # mean cosine similarity to FP32 outputs
+    min_retrieval_agreement: Optional[float] = None  # embeddings: same nearest neighbour as FP32
 
 
 @dataclass
@@ -101,8 +117,11 @@ class ProfileConfig:
 @dataclass
 class ModelConfig:
     source: ModelSource = ModelSource.torchvision
+    task: Task = Task.classification
     architecture: Optional[str] = None  # torchvision name, e.g. resnet18
-    weights_path: Optional[str] = None  # optional checkpoint (torchvision) or ONNX file (onnx)
+    # torchvision: optional state_dict; hf_transformer: model directory; onnx: the ONNX file.
+    # A path, or pkg://package/subdir for files inside an installed package.
+    weights_path: Optional[str] = None
     dataset: str = "digits"  # key into the dataset group
     num_classes: int = 10
     opset: int = 17
@@ -114,6 +133,10 @@ class ModelConfig:
     bn_recalibration_batches: int = 0
     gates: Gates = field(default_factory=Gates)
     profiles: List[ProfileConfig] = field(default_factory=lambda: [ProfileConfig()])
+    # Op types that get Q/DQ (empty: every op ONNX Runtime can quantize).
+    quantize_op_types: List[str] = field(default_factory=list)
+    # onnx source: make a fixed batch dimension dynamic (else a fixed batch is refused).
+    dynamic_batch: bool = False
 
 
 @dataclass
@@ -160,7 +183,10 @@ class DatasetConfig:
     seed: int = 0
     num_validation: int = 497  # held-out samples, disjoint from training and calibration
     image_size: int = 8
-    num_samples: int = 1797  # total generated (photo_crops) or available (digits)
+    num_samples: int = 1797  # total generated (photo_crops) or available (digits, sentences)
+    input_name: str = "input"  # image datasets: the model input they feed
+    tokenizer: Optional[str] = None  # text datasets: tokenizer directory or pkg://package/subdir
+    max_length: int = 128  # text datasets: longest token sequence
 
 
 @dataclass

@@ -3,17 +3,23 @@
 * ``sklearn_digits``: the UCI handwritten digits scikit-learn ships (1,797 labelled 8x8 images).
 * ``photo_crops``: seeded crops of the photographs scikit-image ships, generated on demand, so a
   1,000-sample 224 px set never sits in memory whole.
+* ``stdlib_sentences``: English sentences from the docstrings of Python's standard library (real
+  human-written text, derived deterministically), tokenized with the model's own tokenizer.
+
+A dataset yields *feeds*: ``{input name: batch array}``, so multi-input models need no special case.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config.schema import DatasetConfig, DatasetSource
 from ..errors import PipelineError
+from .resources import resolve_path
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
@@ -26,23 +32,26 @@ PHOTOS = (
     "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg", "text.png",
 )
 
+Feeds = Dict[str, np.ndarray]
+
 
 @dataclass
 class Dataset:
-    """Samples addressed by index; ``load`` returns model-ready float32 arrays."""
+    """Samples addressed by index. ``load`` returns model-ready feeds for a list of indices."""
 
     name: str
     ids: List[str]
-    loader: Callable[[Sequence[int]], np.ndarray]
+    loader: Callable[[List[int], bool], Feeds]  # (indices, pad_to_max_length) -> feeds
+    sample_bytes: Callable[[int], bytes]  # one sample's content, for manifests and overlap checks
     labels: Optional[np.ndarray] = None  # None: no task labels (agreement metrics only)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, indices: Sequence[int]) -> np.ndarray:
-        return self.loader(list(indices))
+    def load(self, indices: Sequence[int], pad_to_max_length: bool = False) -> Feeds:
+        return self.loader(list(indices), pad_to_max_length)
 
-    def batches(self, indices: Sequence[int], batch_size: int):
+    def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Tuple[List[int], Feeds]]:
         indices = list(indices)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
@@ -60,7 +69,8 @@ def _digits(name: str, cfg: DatasetConfig) -> Dataset:
     return Dataset(
         name=name,
         ids=[f"digits/{i}" for i in range(len(images))],
-        loader=lambda idx: images[idx],
+        loader=lambda idx, _pad: {cfg.input_name: images[idx]},
+        sample_bytes=lambda i: images[i].tobytes(),
         labels=bunch.target[: cfg.num_samples].astype(np.int64),
     )
 
@@ -79,13 +89,12 @@ def _photo(photo: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def _photo_crop(seed: int, index: int, size: int) -> tuple[str, np.ndarray]:
+def _photo_crop(seed: int, index: int, size: int) -> np.ndarray:
     """Crop ``index``: a seeded photo, square window (20-100% of the short side), flip, resize."""
     from PIL import Image
 
     rng = np.random.default_rng([seed, index])
-    photo = PHOTOS[int(rng.integers(len(PHOTOS)))]
-    image = _photo(photo)
+    image = _photo(PHOTOS[int(rng.integers(len(PHOTOS)))])
     height, width = image.shape[:2]
     side = int(min(height, width) * rng.uniform(0.2, 1.0))
     top = int(rng.integers(0, height - side + 1))
@@ -95,23 +104,98 @@ def _photo_crop(seed: int, index: int, size: int) -> tuple[str, np.ndarray]:
         crop = crop[:, ::-1]
     pil = Image.fromarray((crop * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
     chw = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    return photo, (chw - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def _photo_crops(name: str, cfg: DatasetConfig) -> Dataset:
-    ids = [f"photo_crops/{i}:{_photo_crop_name(cfg.seed, i)}" for i in range(cfg.num_samples)]
-
-    def load(indices: List[int]) -> np.ndarray:
-        return np.stack([_photo_crop(cfg.seed, i, cfg.image_size)[1] for i in indices]).astype(np.float32)
-
-    return Dataset(name=name, ids=ids, loader=load, labels=None)
+    return (chw - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def _photo_crop_name(seed: int, index: int) -> str:
     return PHOTOS[int(np.random.default_rng([seed, index]).integers(len(PHOTOS)))]
 
 
-_SOURCES = {DatasetSource.sklearn_digits: _digits, DatasetSource.photo_crops: _photo_crops}
+def _photo_crops(name: str, cfg: DatasetConfig) -> Dataset:
+    def load(indices: List[int], _pad: bool) -> Feeds:
+        return {cfg.input_name: np.stack([_photo_crop(cfg.seed, i, cfg.image_size) for i in indices]).astype(np.float32)}
+
+    return Dataset(
+        name=name,
+        ids=[f"photo_crops/{i}:{_photo_crop_name(cfg.seed, i)}" for i in range(cfg.num_samples)],
+        loader=load,
+        sample_bytes=lambda i: _photo_crop(cfg.seed, i, cfg.image_size).tobytes(),
+    )
+
+
+# Standard-library modules whose docstrings supply the sentences, in a fixed order.
+_TEXT_MODULES = (
+    "argparse", "asyncio", "bisect", "calendar", "codecs", "collections", "concurrent.futures", "configparser",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message", "enum",
+    "fractions", "ftplib", "functools", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser",
+    "http.client", "http.cookiejar", "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "logging",
+    "mailbox", "mimetypes", "multiprocessing.pool", "numbers", "optparse", "os", "pathlib", "pickle", "pickletools",
+    "platform", "poplib", "pprint", "pydoc", "queue", "random", "re", "sched", "selectors", "shelve", "shlex",
+    "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "subprocess",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace", "traceback", "turtle",
+    "typing", "unittest.case", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref",
+    "xml.dom.minidom", "xml.etree.ElementTree", "zipfile",
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_CODE_LIKE = re.compile(r">>>|[{}\[\]=<>|\\`@#$]|::|\(\)|\w\.\w+\(|--|\*\*")
+
+
+@lru_cache(maxsize=None)
+def stdlib_sentences(min_words: int = 6, max_words: int = 40) -> Tuple[str, ...]:
+    """Unique prose sentences from standard-library docstrings, sorted: a real, offline corpus."""
+    import importlib
+    import inspect as pyinspect
+    import warnings
+
+    found = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for module_name in _TEXT_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except Exception:  # a module missing from this Python build only shrinks the corpus
+                continue
+            objects = [module] + [value for key, value in sorted(vars(module).items()) if not key.startswith("_")]
+            for obj in objects:
+                members = [obj] + ([v for k, v in sorted(vars(obj).items()) if not k.startswith("_")] if pyinspect.isclass(obj) else [])
+                for member in members:
+                    doc = pyinspect.getdoc(member) if callable(member) or pyinspect.ismodule(member) else None
+                    for sentence in _SENTENCE_END.split(" ".join((doc or "").split())):
+                        words = sentence.split()
+                        if min_words <= len(words) <= max_words and sentence[0].isupper() and sentence.endswith(".") and not _CODE_LIKE.search(sentence):
+                            found.add(sentence)
+    return tuple(sorted(found))
+
+
+def _sentences(name: str, cfg: DatasetConfig) -> Dataset:
+    from transformers import AutoTokenizer
+
+    sentences = stdlib_sentences()
+    if len(sentences) < cfg.num_samples:
+        raise PipelineError(f"dataset '{name}': asked for {cfg.num_samples} sentences, the standard library gives {len(sentences)}")
+    sentences = sentences[: cfg.num_samples]
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_path(cfg.tokenizer)))
+
+    def load(indices: List[int], pad_to_max_length: bool) -> Feeds:
+        encoded = tokenizer(
+            [sentences[i] for i in indices], padding="max_length" if pad_to_max_length else "longest",
+            truncation=True, max_length=cfg.max_length, return_tensors="np",
+        )
+        return {key: np.asarray(value, dtype=np.int64) for key, value in encoded.items()}
+
+    return Dataset(
+        name=name,
+        ids=[f"sentences/{i}" for i in range(len(sentences))],
+        loader=load,
+        sample_bytes=lambda i: sentences[i].encode("utf-8"),
+    )
+
+
+_SOURCES = {
+    DatasetSource.sklearn_digits: _digits,
+    DatasetSource.photo_crops: _photo_crops,
+    DatasetSource.stdlib_sentences: _sentences,
+}
 
 
 def load_dataset(name: str, cfg: DatasetConfig) -> Dataset:

@@ -52,20 +52,16 @@ def check_disjoint(dataset: Dataset, calibration: Sequence[int], validation: Seq
             f"calibration and validation splits of '{dataset.name}' overlap in {len(shared)} samples "
             f"(first: {dataset.ids[shared[0]]}); they must be disjoint"
         )
-    validation_hashes = {sha256_bytes(x.tobytes()) for _, batch in dataset.batches(validation, 256) for x in batch}
-    for chunk, batch in dataset.batches(calibration, 256):
-        for index, sample in zip(chunk, batch):
-            if sha256_bytes(sample.tobytes()) in validation_hashes:
-                raise PipelineError(
-                    f"calibration sample {dataset.ids[index]} has the same content as a validation "
-                    f"sample of '{dataset.name}'; the splits must be disjoint"
-                )
+    validation_hashes = {sha256_bytes(dataset.sample_bytes(i)) for i in validation}
+    for index in calibration:
+        if sha256_bytes(dataset.sample_bytes(index)) in validation_hashes:
+            raise PipelineError(
+                f"calibration sample {dataset.ids[index]} has the same content as a validation "
+                f"sample of '{dataset.name}'; the splits must be disjoint"
+            )
 
 
 def make_manifest(dataset: Dataset, indices: Sequence[int], split: str, seed: int) -> dict:
-    """Which samples were used, by id and content hash (sha256 of the float32 sample)."""
-    samples = []
-    for chunk, batch in dataset.batches(indices, 256):
-        for index, sample in zip(chunk, batch):
-            samples.append({"id": dataset.ids[index], "sha256": sha256_bytes(np.ascontiguousarray(sample).tobytes())})
+    """Which samples were used, by id and content hash (sha256 of the sample: float32 pixels or UTF-8 text)."""
+    samples = [{"id": dataset.ids[i], "sha256": sha256_bytes(dataset.sample_bytes(i))} for i in indices]
     return {"dataset": dataset.name, "split": split, "seed": seed, "num_samples": len(samples), "samples": samples}

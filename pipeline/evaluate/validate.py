@@ -5,7 +5,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..config.schema import Gates
+from ..config.schema import Gates, Task
 from ..data import Dataset
 from ..backends import Runner
 
@@ -31,21 +31,35 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, f
     }
 
 
+def retrieval_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> Dict[str, float]:
+    """Nearest-neighbour search among the samples themselves: does the candidate find FP32's?"""
+
+    def neighbours(vectors: np.ndarray) -> np.ndarray:
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+    want, got = neighbours(reference.astype(np.float64)), neighbours(candidate.astype(np.float64))
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got)])
+    return {"retrieval_agreement": float((want[:, 0] == got[:, 0]).mean()), f"retrieval_top{k}_overlap": float(overlap)}
+
+
 def evaluate(
     candidate: Runner,
     reference: Runner,
     dataset: Dataset,
     indices: Sequence[int],
+    task: Task = Task.classification,
     batch_size: int = 64,
     on_batch: Callable[[int], None] = lambda _: None,
 ) -> dict:
-    """Run both models over ``indices``; return task accuracy (if labelled) and agreement metrics."""
-    input_name = candidate.inputs[0].name
+    """Run both models over ``indices``; return task metrics (if labelled) and agreement metrics."""
     outputs: Dict[str, List[np.ndarray]] = {}
     references: Dict[str, List[np.ndarray]] = {}
-    for chunk, batch in dataset.batches(indices, batch_size):
-        got = candidate.run({input_name: batch})
-        want = reference.run({reference.inputs[0].name: batch})
+    for chunk, feeds in dataset.batches(indices, batch_size):
+        got = candidate.run(feeds)
+        want = reference.run(feeds)
         for name, value in got.items():
             outputs.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
         for name, value in want.items():
@@ -61,10 +75,14 @@ def evaluate(
     want_logits = np.concatenate(references[main_output])
     metrics: dict = {
         "num_samples": len(indices),
-        "top1_agreement": float((got_logits.argmax(axis=1) == want_logits.argmax(axis=1)).mean()),
         "cosine_mean": per_output[main_output]["cosine_mean"],
+        "cosine_min": per_output[main_output]["cosine_min"],
         "outputs": per_output,
     }
+    if task == Task.embedding:
+        metrics.update(retrieval_agreement(want_logits, got_logits))
+        return metrics
+    metrics["top1_agreement"] = float((got_logits.argmax(axis=1) == want_logits.argmax(axis=1)).mean())
     if dataset.labels is not None:
         labels = dataset.labels[list(indices)]
         metrics["accuracy"] = float((got_logits.argmax(axis=1) == labels).mean() * 100.0)
@@ -89,4 +107,5 @@ def check_gates(metrics: dict, gates: Gates) -> List[str]:
     check("accuracy_drop", gates.max_accuracy_drop, lambda v, lim: v <= lim, "<=")
     check("top1_agreement", gates.min_top1_agreement, lambda v, lim: v >= lim, ">=")
     check("cosine_mean", gates.min_cosine, lambda v, lim: v >= lim, ">=")
+    check("retrieval_agreement", gates.min_retrieval_agreement, lambda v, lim: v >= lim, ">=")
     return failures

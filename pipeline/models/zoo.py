@@ -41,12 +41,40 @@ def _digits_cnn(num_classes: int):
     )
 
 
+def _hf_encoder(cfg: ModelConfig):
+    """A Hugging Face encoder from a local directory, with the sentence-transformers head:
+    mean pooling over the attention mask, then L2 normalisation."""
+    from torch import nn
+    from transformers import AutoModel
+
+    from ..data.resources import resolve_path
+
+    encoder = AutoModel.from_pretrained(str(resolve_path(cfg.weights_path)), attn_implementation="eager")
+    input_names = [spec.name for spec in cfg.inputs]
+
+    class MeanPooledEncoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, *inputs):
+            named = dict(zip(input_names, inputs))
+            hidden = self.encoder(**named).last_hidden_state
+            mask = named["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    return MeanPooledEncoder().eval()
+
+
 def build_torch_model(cfg: ModelConfig):
     """The untrained architecture for ``cfg`` (weights seeded by ``cfg.seed``)."""
     torch = _torch()
     torch.manual_seed(cfg.seed)
     if cfg.source == ModelSource.digits_cnn:
         return _digits_cnn(cfg.num_classes)
+    if cfg.source == ModelSource.hf_transformer:
+        return _hf_encoder(cfg)
     if cfg.source == ModelSource.torchvision:
         import torchvision
 
@@ -61,7 +89,7 @@ def _train(model, cfg: ModelConfig, dataset: Dataset, splits: Splits, progress: 
     torch = _torch()
     if dataset.labels is None:
         raise PipelineError(f"model training needs a labelled dataset; '{dataset.name}' has no labels")
-    images = torch.from_numpy(dataset.load(splits.train))
+    images = torch.from_numpy(dataset.load(splits.train)[cfg.inputs[0].name])
     labels = torch.from_numpy(dataset.labels[splits.train])
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate)
@@ -93,8 +121,8 @@ def _recalibrate_batchnorm(model, cfg: ModelConfig, dataset: Dataset, splits: Sp
             module.momentum = None  # cumulative average instead of exponential
     model.train()
     with torch.no_grad():
-        for _, batch in dataset.batches(indices, batch_size):
-            model(torch.from_numpy(batch))
+        for _, feeds in dataset.batches(indices, batch_size):
+            model(torch.from_numpy(feeds[cfg.inputs[0].name]))
     model.eval()
 
 
@@ -102,7 +130,7 @@ def prepare_checkpoint(cfg: ModelConfig, dataset: Dataset, splits: Splits, out_p
     """Build the model, train or re-estimate it, and save its state_dict atomically."""
     torch = _torch()
     model = build_torch_model(cfg)
-    if cfg.weights_path:
+    if cfg.weights_path and cfg.source == ModelSource.torchvision:
         model.load_state_dict(load_checkpoint(cfg.weights_path))
     elif cfg.train is not None:
         _train(model, cfg, dataset, splits, progress)

@@ -17,10 +17,12 @@ def export_onnx(model, cfg: ModelConfig, out_path: Path) -> onnx.ModelProto:
 
     if cfg.opset < 13:
         raise PipelineError(f"opset {cfg.opset} is too old: per-channel Q/DQ needs opset >= 13")
+    # Dynamic dims get sizes other than 1 so the tracer cannot specialise on them.
     dummies = tuple(
-        torch.zeros([1 if d < 0 else d for d in spec.shape], dtype=getattr(torch, spec.dtype)) for spec in cfg.inputs
+        torch.ones([(2 if i == 0 else 16) if d < 0 else d for i, d in enumerate(spec.shape)], dtype=getattr(torch, spec.dtype))
+        for spec in cfg.inputs
     )
-    dynamic_axes = {spec.name: {i: ("batch" if i == 0 else f"{spec.name}_dim{i}") for i, d in enumerate(spec.shape) if d < 0} for spec in cfg.inputs}
+    dynamic_axes = {spec.name: {i: spec.axis_name(i) for i, d in enumerate(spec.shape) if d < 0} for spec in cfg.inputs}
     dynamic_axes.update({name: {0: "batch"} for name in cfg.outputs})
     buffer = io.BytesIO()
     with warnings.catch_warnings():

@@ -66,6 +66,7 @@ def collect_ranges(
     chunks: Iterable[Dict[str, np.ndarray]],
     cfg: CalibrationConfig,
     symmetric: bool,
+    op_types: Sequence[str] = (),
     on_chunk: Callable[[int], None] = lambda _: None,  # called with each chunk's sample count
 ) -> Dict[str, tuple]:
     """Run every chunk through ``model_path`` and return {tensor name: (low, high)}."""
@@ -80,7 +81,7 @@ def collect_ranges(
     ort_method, options = methods[cfg.method]
     with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
         calibrator = create_calibrator(
-            Path(model_path), _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
+            Path(model_path), list(op_types) or _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
             calibrate_method=ort_method, extra_options=options,
         )
         for feeds in chunks:
@@ -98,6 +99,7 @@ def quantize_qdq(
     per_channel: bool,
     method: CalibrationMethod,
     nodes_to_exclude: Sequence[str] = (),
+    op_types: Sequence[str] = (),
 ) -> None:
     """Write ``src`` with Q/DQ nodes placed from ``ranges`` in the flavour ``quant_format`` needs."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
@@ -118,7 +120,7 @@ def quantize_qdq(
                 str(src), str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
                 quant_format=OrtFormat.QDQ, calibrate_method=ort_method, per_channel=per_channel,
                 activation_type=getattr(QuantType, flavour.activation_type), weight_type=getattr(QuantType, flavour.weight_type),
-                nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=_quantizable_op_types(),
+                nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=list(op_types) or _quantizable_op_types(),
                 extra_options={
                     "ActivationSymmetric": flavour.activation_symmetric,
                     "WeightSymmetric": True,
