@@ -14,7 +14,7 @@ from .backends import BuildRequest, get_backend
 from .backends.onnxruntime_backend import load_onnx_runner
 from .cli import console, progress_bar
 from .config.load import BuildContext, ModelContext
-from .config.schema import Backend, CalibrationMode, PipelineConfig, PrecisionMode
+from .config.schema import Backend, CalibrationMode, PipelineConfig, PrecisionMode, as_plain
 from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
 from .errors import PipelineError
 from .evaluate.benchmark import sweep
@@ -94,30 +94,88 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     write_json(out / "manifest.json", make_manifest(dataset, indices, "calibration", calibration.seed))
     started = time.perf_counter()
     chunks = (feeds for _, feeds in dataset.batches(indices, calibration.batch_size))
+    quantization = ctx.target.quantization
     with progress_bar() as progress:
         task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
         ranges = collect_ranges(
-            source, chunks, calibration, symmetric=ctx.target.quantization.format.value == "trt_s8s8", op_types=ctx.model.quantize_op_types,
+            source, chunks, calibration, symmetric=quantization.format.value == "trt_s8s8", op_types=ctx.model.quantize_op_types,
             on_chunk=lambda count: progress.advance(task, count),
         )
     collect_seconds = time.perf_counter() - started
-    if calibration.mode == CalibrationMode.implicit:
-        # TensorRT <= 10 calibrates the FP32 network itself, replaying calibration.cache.
-        shutil.copyfile(source, out / "model.onnx")
-    else:
-        quantize_qdq(source, out / "model.onnx", ranges, ctx.target.quantization.format, ctx.target.quantization.per_channel,
-                     calibration.method, op_types=ctx.model.quantize_op_types)
     trt_version = (ctx.target.tensorrt_major or 10) * 10000
     (out / "calibration.cache").write_text(trt_calibration_cache(ranges, calibration.method, trt_version), encoding="utf-8")
-    return {
+    model_out = out / "model.onnx"
+    if calibration.mode == CalibrationMode.implicit:
+        # TensorRT <= 10 calibrates the FP32 network itself, replaying calibration.cache.
+        shutil.copyfile(source, model_out)
+        return {"method": calibration.method.value, "mode": calibration.mode.value, "num_samples": len(indices)}
+
+    def quantize(excluded: list) -> None:
+        quantize_qdq(source, model_out, ranges, quantization.format, quantization.per_channel, calibration.method,
+                     nodes_to_exclude=excluded, op_types=ctx.model.quantize_op_types, reduce_range=quantization.reduce_range,
+                     quantize_outputs=ctx.model.quantize_outputs)
+
+    excluded = list(calibration.exclude_nodes)
+    quantize(excluded)
+    report = {
         "method": calibration.method.value,
+        "mode": calibration.mode.value,
         "num_samples": len(indices),
-        "quant_format": ctx.target.quantization.format.value,
+        "quant_format": quantization.format.value,
         "calibrated_tensors": len(ranges),
         "statistics_seconds": round(collect_seconds, 1),
-        "mode": calibration.mode.value,
-        "qdq": qdq_summary(load_model(out / "model.onnx")),
     }
+    if calibration.search.enabled:
+        excluded = _search_exclusions(ctx, source, model_out, dataset, splits, indices, excluded, quantize, out)
+    write_json(out / "exclusions.json", excluded)
+    report["excluded_nodes"] = excluded
+    report["qdq"] = qdq_summary(load_model(model_out))
+    return report
+
+
+def _search_exclusions(ctx, source, model_out, dataset, splits, calibration_samples, excluded, quantize, out) -> list:
+    """Accuracy-aware precision: exclude the layers that add the most error until the gates pass.
+
+    Candidates are judged with ONNX Runtime on the CPU (for TensorRT targets the same Q/DQ graph
+    simulates the engine's quantization) against the model's validate gates on the held-out split.
+    """
+    from .evaluate.validate import CachedRunner
+    from .onnx_tools.sensitivity import layer_sensitivity, leave_one_out
+
+    search = ctx.config.calibration.search
+    reference = CachedRunner(load_onnx_runner(source))
+
+    def judge() -> tuple:
+        metrics = evaluate(load_onnx_runner(model_out), reference, dataset, splits.validation, ctx.model.task)
+        summary = {k: metrics[k] for k in ("accuracy_drop", "top1_agreement", "cosine_mean", "retrieval_agreement") if k in metrics}
+        return summary, check_gates(metrics, ctx.model.gates)
+
+    metrics, failures = judge()
+    steps_taken = [{"excluded": list(excluded), "metrics": metrics, "gate_failures": failures}]
+    console.print(f"  search {ctx.name}: plain int8 {metrics} {'passes' if not failures else 'misses: ' + '; '.join(failures)}")
+    ranking: list = []
+    layer_errors: list = []
+    if failures:
+        feeds = [f for _, f in dataset.batches(calibration_samples[: search.sensitivity_samples], 16)]
+        layer_errors = layer_sensitivity(source, model_out, feeds)  # intermediate-tensor errors, for the report
+        ranking = leave_one_out(source, model_out, feeds, ctx.model.outputs[0], ctx.model.quantize_op_types)
+        for layer in [r for r in ranking if r["node"] not in excluded][: search.max_excluded]:
+            excluded.append(layer["node"])
+            quantize(excluded)
+            metrics, failures = judge()
+            steps_taken.append({"excluded": list(excluded), "added": layer, "metrics": metrics, "gate_failures": failures})
+            console.print(f"  search {ctx.name}: + keep {layer['node']} ({layer['op']}) in float -> {metrics}")
+            if not failures:
+                break
+    write_json(out / "search.json", {"gates": as_plain(ctx.model.gates), "budget": search.max_excluded, "steps": steps_taken,
+                                 "ranking": ranking[:50], "layer_errors": layer_errors[:50]})
+    if failures:
+        raise PipelineError(
+            f"accuracy search for {ctx.name} spent its budget of {search.max_excluded} float layers and still misses: "
+            + "; ".join(failures) + "; steps: " + " | ".join(f"{len(s['excluded'])} in float: {s['metrics']}" for s in steps_taken)
+            + ". Raise calibration.search.max_excluded or relax the gate"
+        )
+    return excluded
 
 
 def build(ctx: BuildContext) -> dict:

@@ -135,6 +135,9 @@ class ModelConfig:
     profiles: List[ProfileConfig] = field(default_factory=lambda: [ProfileConfig()])
     # Op types that get Q/DQ (empty: every op ONNX Runtime can quantize).
     quantize_op_types: List[str] = field(default_factory=list)
+    # False: quantize only the inputs of those ops and keep their outputs float (transformers,
+    # whose activations have outliers); True lets CNNs chain integer convolutions.
+    quantize_outputs: bool = True
     # onnx source: make a fixed batch dimension dynamic (else a fixed batch is refused).
     dynamic_batch: bool = False
 
@@ -143,6 +146,8 @@ class ModelConfig:
 class QuantizationConfig:
     format: QuantFormat = QuantFormat.ort_u8s8
     per_channel: bool = True
+    # 7-bit weights: avoids int16 saturation in u8s8 kernels on x86 CPUs without VNNI.
+    reduce_range: bool = False
 
 
 @dataclass
@@ -190,6 +195,16 @@ class DatasetConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Accuracy-aware precision: when the quantized model misses its gates, keep the layers that add
+    the most error in float, one at a time, until the gates pass or the budget is spent."""
+
+    enabled: bool = True
+    max_excluded: int = 8  # budget: most layers kept in float
+    sensitivity_samples: int = 32  # calibration samples used to rank layers
+
+
+@dataclass
 class CalibrationConfig:
     method: CalibrationMethod = CalibrationMethod.minmax
     mode: CalibrationMode = CalibrationMode.explicit
@@ -198,6 +213,8 @@ class CalibrationConfig:
     batch_size: int = 16  # samples per statistics pass: bounds peak memory
     percentile: float = 99.999
     num_bins: int = 128
+    exclude_nodes: List[str] = field(default_factory=list)  # nodes kept in float, e.g. a list the search found
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 @dataclass

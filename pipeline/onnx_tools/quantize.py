@@ -100,6 +100,8 @@ def quantize_qdq(
     method: CalibrationMethod,
     nodes_to_exclude: Sequence[str] = (),
     op_types: Sequence[str] = (),
+    reduce_range: bool = False,
+    quantize_outputs: bool = True,
 ) -> None:
     """Write ``src`` with Q/DQ nodes placed from ``ranges`` in the flavour ``quant_format`` needs."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
@@ -118,13 +120,16 @@ def quantize_qdq(
         try:
             quantize_static(
                 str(src), str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
-                quant_format=OrtFormat.QDQ, calibrate_method=ort_method, per_channel=per_channel,
+                quant_format=OrtFormat.QDQ, calibrate_method=ort_method, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=getattr(QuantType, flavour.activation_type), weight_type=getattr(QuantType, flavour.weight_type),
                 nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=list(op_types) or _quantizable_op_types(),
                 extra_options={
                     "ActivationSymmetric": flavour.activation_symmetric,
                     "WeightSymmetric": True,
                     "QuantizeBias": flavour.quantize_bias,
+                    "OpTypesToExcludeOutputQuantization": [] if quantize_outputs else list(op_types) or _quantizable_op_types(),
+                    # Float consumers (e.g. a residual Add) then read the float tensor, not a shared DQ.
+                    "DedicatedQDQPair": not quantize_outputs,
                 },
             )
         except (ValueError, RuntimeError) as exc:
