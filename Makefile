@@ -36,7 +36,7 @@ check-params: venv
 	$(BIN)/python -m pipeline check
 
 bench: run
-	$(BIN)/python scripts/benchmarks.py
+	$(BIN)/python scripts/benchmarks.py --cold --issue4
 
 clean:
 	rm -rf artifacts metrics plots reports dvc.lock

@@ -12,8 +12,16 @@ class ModelPaths:
     root: Path
 
     @property
+    def prepared(self) -> Path:  # what export starts from: a PyTorch checkpoint or the user's ONNX
+        return self.root / "prepared"
+
+    @property
     def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
+        return self.prepared / "checkpoint.pt"
+
+    @property
+    def source_onnx(self) -> Path:
+        return self.prepared / "source.onnx"
 
     @property
     def exported(self) -> Path:

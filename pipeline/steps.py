@@ -14,7 +14,7 @@ from .backends import BuildRequest, get_backend
 from .backends.onnxruntime_backend import load_onnx_runner
 from .cli import console, progress_bar
 from .config.load import BuildContext, ModelContext
-from .config.schema import Backend, CalibrationMode, PipelineConfig, PrecisionMode, as_plain
+from .config.schema import Backend, CalibrationMode, Device, ModelSource, PipelineConfig, PrecisionMode, as_plain
 from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
 from .errors import PipelineError
 from .evaluate.benchmark import sweep
@@ -26,12 +26,25 @@ from .paths import build_paths, model_metrics, model_paths
 # --- per model -------------------------------------------------------------------------------
 
 def prepare(cfg: PipelineConfig, ctx: ModelContext) -> None:
-    """Train (digits_cnn) or instantiate + re-estimate BatchNorm (torchvision): a checkpoint."""
-    from .models import prepare_checkpoint
+    """Train (digits_cnn), instantiate + re-estimate BatchNorm (torchvision), load (Hugging Face)
+    into a checkpoint; or take in a bring-your-own ONNX file as it is."""
+    paths = model_paths(cfg, ctx.name)
+    with atomic_dir(paths.prepared) as out:
+        if ctx.model.source == ModelSource.onnx:
+            from .data.resources import resolve_path
+            from .onnx_tools.inspect import load_model
 
-    dataset = load_dataset(ctx.dataset_name, ctx.dataset)
-    splits = make_splits(dataset, ctx.dataset)
-    prepare_checkpoint(ctx.model, dataset, splits, model_paths(cfg, ctx.name).checkpoint, progress=lambda line: console.print(f"  {line}"))
+            if not ctx.model.weights_path:
+                raise PipelineError(f"model.{ctx.name}.weights_path is not set: point it at your ONNX file")
+            source = resolve_path(ctx.model.weights_path)
+            load_model(source, "bring-your-own ONNX")  # fail here, clearly, on a broken file
+            shutil.copyfile(source, out / paths.source_onnx.name)
+            return
+        from .models import prepare_checkpoint
+
+        dataset = load_dataset(ctx.dataset_name, ctx.dataset)
+        splits = make_splits(dataset, ctx.dataset)
+        prepare_checkpoint(ctx.model, dataset, splits, out / paths.checkpoint.name, progress=lambda line: console.print(f"  {line}"))
 
 
 def export(cfg: PipelineConfig, ctx: ModelContext) -> None:
@@ -39,6 +52,12 @@ def export(cfg: PipelineConfig, ctx: ModelContext) -> None:
     from .onnx_tools.export import export_onnx
 
     paths = model_paths(cfg, ctx.name)
+    if ctx.model.source == ModelSource.onnx:
+        from .onnx_tools.byo import import_onnx
+
+        changes = import_onnx(require_file(paths.source_onnx, "prepared ONNX"), ctx.model, ctx.name, paths.exported)
+        console.print(f"  imported {ctx.model.weights_path}: {changes or 'no changes needed'}")
+        return
     model = build_torch_model(ctx.model)
     model.load_state_dict(load_checkpoint(paths.checkpoint))
     export_onnx(model, ctx.model, paths.exported)
@@ -85,8 +104,10 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     cfg, calibration = ctx.config, ctx.config.calibration
     if calibration.mode == CalibrationMode.implicit and ctx.target.backend != Backend.tensorrt:
         raise PipelineError(f"calibration.mode=implicit applies to TensorRT <= 10 targets only; target '{ctx.entry.target}' uses {ctx.target.backend.value}")
-    if ctx.precision.dtype != "int8":
-        raise PipelineError(f"Q/DQ precision '{ctx.precision_name}' ({ctx.precision.dtype}) is not supported by the calibrate stage yet; supported: int8")
+    if ctx.precision.dtype not in ("int8", "float8e4m3fn"):
+        raise PipelineError(f"Q/DQ element type '{ctx.precision.dtype}' of precision '{ctx.precision_name}' is not supported; supported: int8, float8e4m3fn")
+    if ctx.precision.dtype == "float8e4m3fn" and ctx.target.quantization.format.value != "trt_s8s8":
+        raise PipelineError(f"fp8 Q/DQ is made for TensorRT targets; target '{ctx.entry.target}' quantizes as {ctx.target.quantization.format.value}")
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     splits = make_splits(dataset, ctx.dataset)
     indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
@@ -113,7 +134,7 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     def quantize(excluded: list) -> None:
         quantize_qdq(source, model_out, ranges, quantization.format, quantization.per_channel, calibration.method,
                      nodes_to_exclude=excluded, op_types=ctx.model.quantize_op_types, reduce_range=quantization.reduce_range,
-                     quantize_outputs=ctx.model.quantize_outputs)
+                     quantize_outputs=ctx.model.quantize_outputs, element=ctx.precision.dtype)
 
     excluded = list(calibration.exclude_nodes)
     quantize(excluded)
@@ -145,8 +166,12 @@ def _search_exclusions(ctx, source, model_out, dataset, splits, calibration_samp
     search = ctx.config.calibration.search
     reference = CachedRunner(load_onnx_runner(source))
 
+    # ORT runs the artifact itself for ORT targets; for TensorRT targets it simulates the Q/DQ graph,
+    # with basic optimizations only (its extended Q/DQ fusions mis-handle FP8 on the CPU).
+    level = "all" if ctx.target.backend == Backend.onnxruntime else "basic"
+
     def judge() -> tuple:
-        metrics = evaluate(load_onnx_runner(model_out), reference, dataset, splits.validation, ctx.model.task)
+        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, splits.validation, ctx.model.task)
         summary = {k: metrics[k] for k in ("accuracy_drop", "top1_agreement", "cosine_mean", "retrieval_agreement") if k in metrics}
         return summary, check_gates(metrics, ctx.model.gates)
 
@@ -182,7 +207,7 @@ def build(ctx: BuildContext) -> dict:
     cfg = ctx.config
     paths = build_paths(cfg, ctx.name)
     backend = get_backend(ctx.target.backend)
-    backend.check_available()
+    backend.check_available()  # the library that builds; running on the device is checked at load
     source = require_file(paths.calibrated, "calibrated ONNX")
     # Warm start shared by every build of one target; the build's own cache is part of its artifact.
     shared_cache = Path(cfg.artifacts_dir) / "timing_caches" / f"{ctx.entry.target}.cache"
@@ -241,8 +266,18 @@ def benchmark(ctx: BuildContext) -> list:
         note = "  [yellow]noisy: repeat medians differ by {:.0%}[/]".format(row["repeat_spread"]) if row["noisy"] else ""
         console.print(f"  {ctx.name} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  {row['throughput']:.1f}/s{note}")
 
-    with get_backend(ctx.target.backend).load(paths.engine_dir, threads=cfg.benchmark.threads) as runner:
-        rows = sweep(runner, feeds, cfg.benchmark, on_row=report)
+    backend = get_backend(ctx.target.backend)
+    if ctx.target.device == Device.cuda:
+        from .evaluate.gpu_benchmark import gpu_benchmark_batch
+
+        rows = []
+        for batch_size in cfg.benchmark.batch_sizes:
+            make_runner = lambda: backend.load(paths.engine_dir, cuda_graph=cfg.benchmark.cuda_graph)  # noqa: E731
+            rows.append(gpu_benchmark_batch(make_runner, feeds(batch_size), batch_size, cfg.benchmark))
+            report(rows[-1])
+    else:
+        with backend.load(paths.engine_dir, threads=cfg.benchmark.threads) as runner:
+            rows = sweep(runner, feeds, cfg.benchmark, on_row=report)
     write_json(paths.benchmark_metrics, {f"batch_{row['batch_size']}": row for row in rows})
     write_json(paths.latency_plot, [{"build": ctx.name, **row} for row in rows])
     return rows

@@ -59,8 +59,8 @@ def test_every_group_option_composes(tmp_path, overrides):
     [
         (["precision=[fp16]"], "target 'cpu' cannot run precision ['fp16']; it supports ['fp32', 'int8']"),
         (["target=[a100]", "precision=[fp8]"], "target 'a100' cannot run precision ['fp8']; it supports ['fp32', 'fp16', 'bf16', 'int8']"),
-        (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, minilm, resnet18"),
-        (["target=[tpu]"], "available target options: a100, cpu, h100, h200, jetson_orin, l4, rtx4090"),
+        (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, minilm, onnx_file, resnet18"),
+        (["target=[tpu]"], "available target options: a100, cpu, h100, h200, h200_ort, jetson_orin, l4, rtx4090"),
         (["calibration=magic"], "available calibration options: entropy, minmax, percentile"),
         (["model.digits_cnn.opset=seventeen"], "could not be converted to Integer"),
         (["target.cpu.backend=tvm"], "expected one of [onnxruntime, tensorrt, tensorrt_rtx]"),
@@ -107,3 +107,9 @@ def test_check_command_detects_drift(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline", "check", "--params", str(stale)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert "out of date with conf/" in result.stderr and "num_samples: 500" in result.stderr
+
+
+def test_docs_targets_md_is_generated_from_conf():
+    from pipeline.report.targets import render
+
+    assert (REPO / "docs" / "targets.md").read_text() == render(CONF_DIR), "run `python -m pipeline.report.targets`"

@@ -27,7 +27,7 @@ def stage(params, name, *args):
 def test_missing_checkpoint(params, tmp_path):
     result = stage(params, "export", "--model", "digits_cnn")
     assert result.returncode == 2
-    assert f"checkpoint not found: {tmp_path / 'a' / 'models' / 'digits_cnn' / 'checkpoint.pt'}" in result.stderr
+    assert f"checkpoint not found: {tmp_path / 'a' / 'models' / 'digits_cnn' / 'prepared' / 'checkpoint.pt'}" in result.stderr
     assert not (tmp_path / "a" / "models" / "digits_cnn" / "model.onnx").exists()
 
 

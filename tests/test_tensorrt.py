@@ -23,7 +23,7 @@ from .conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
-PRECISIONS = ["fp32", "fp16", "int8"]
+PRECISIONS = ["fp32", "fp16", "bf16", "int8", "fp8"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,12 @@ def test_engines_are_built_with_the_requested_precisions(rtx, model):
         paths = build_paths(cfg, name)
         dtypes = sidecar["precisions_found"]["network"]["tensor_dtypes"]
         layers = sidecar["precisions_found"]["network"]["layer_types"]
-        if precision == "int8":
-            assert dtypes.get("INT8", 0) > 0 and layers.get("QUANTIZE", 0) > 0 and layers.get("DEQUANTIZE", 0) > 0
+        if precision in ("int8", "fp8"):
+            element = {"int8": "INT8", "fp8": "FP8"}[precision]
+            assert dtypes.get(element, 0) > 0 and layers.get("QUANTIZE", 0) > 0 and layers.get("DEQUANTIZE", 0) > 0
+            assert {"INT8", "FP8"} - {element} & set(dtypes) == set()
+        elif precision == "bf16":
+            assert dtypes.get("BF16", 0) > dtypes.get("FLOAT", 0) and "HALF" not in dtypes
         elif precision == "fp16":
             assert dtypes.get("HALF", 0) > dtypes.get("FLOAT", 0), "AutoCast should leave most tensors in fp16"
             assert "INT8" not in dtypes
@@ -126,3 +130,21 @@ def test_datacenter_target_without_tensorrt_fails_at_build_with_install_hint(rtx
     with pytest.raises(PipelineError, match="needs the tensorrt Python module.*install NVIDIA TensorRT"):
         steps.build(ctx)
     assert not build_paths(h100, ctx.name).engine_dir.exists()
+
+
+def test_fp8_qdq_simulated_on_the_cpu_agrees_with_fp32(rtx):
+    """FP8 engines need an Ada/Hopper GPU; the Q/DQ graph itself can be checked with ORT's reference kernels."""
+    from pipeline.backends.onnxruntime_backend import load_onnx_runner
+    from pipeline.data import load_dataset, make_splits
+    from pipeline.evaluate.validate import evaluate
+    from pipeline.paths import model_paths
+
+    cfg, _ = rtx
+    ctx = resolve_build(cfg, "digits_cnn-rtx4090-fp8")
+    dataset = load_dataset("digits", ctx.dataset)
+    validation = make_splits(dataset, ctx.dataset).validation
+    fp8 = load_onnx_runner(build_paths(cfg, ctx.name).calibrated, level="basic")
+    metrics = evaluate(fp8, load_onnx_runner(model_paths(cfg, "digits_cnn").simplified), dataset, validation)
+    assert metrics["top1_agreement"] >= 0.98 and metrics["accuracy_drop"] <= 1.0
+    report = read_json(build_paths(cfg, ctx.name).calibrated_dir / "report.json")
+    assert report["qdq"]["zero_point_types"] == ["FLOAT8E4M3FN"]

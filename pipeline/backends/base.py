@@ -77,8 +77,8 @@ class Backend(abc.ABC):
         """Write the artifact into ``request.out_dir``; return the sidecar dict (also written there)."""
 
     @abc.abstractmethod
-    def load(self, artifact_dir: Path, threads: int = 0) -> Runner:
-        ...
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False) -> Runner:
+        """A runner for the artifact; ``cuda_graph`` replays captured CUDA graphs on GPU backends."""
 
     def read_sidecar(self, artifact_dir: Path) -> dict:
         sidecar = read_json(require_file(Path(artifact_dir) / SIDECAR, "artifact sidecar"))

@@ -1,12 +1,18 @@
-"""GPU execution of TensorRT plans with pycuda: device and pinned host buffers, one stream per
-execution context, ``execute_async_v3`` with tensor addresses, input shapes set per batch.
+"""The GPU runtime layer shared by the TensorRT runner and the ONNX Runtime CUDA runner.
 
-pycuda is an optional extra (``pip install .[gpu]``), imported only here, only when an engine runs.
-It shares the device's primary context with TensorRT (not pycuda.autoinit's private one).
+pycuda (the ``[gpu]`` extra, imported only here and only when something runs on a GPU) provides
+device buffers, page-locked host buffers, streams and events. It retains the device's *primary*
+context, the one TensorRT, ONNX Runtime and cuda-python's runtime API use, instead of
+pycuda.autoinit's private one. pycuda has no graph-capture API, so CUDA graphs are captured with
+cuda-python (``cuda.bindings.runtime``) on the pycuda stream's handle. NVML (nvidia-ml-py) samples
+utilisation while a benchmark runs.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import ctypes
+import threading
+import time
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -15,19 +21,70 @@ from ..errors import PipelineError
 from .base import Runner
 
 
+def gpu_compute_capability() -> Optional[str]:
+    """The first GPU's compute capability via the CUDA driver, or None without a driver/GPU."""
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            cuda = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    if cuda.cuInit(0) != 0:
+        return None
+    major, minor, device = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
+        return None
+    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
+    return f"{major.value}.{minor.value}"
+
+
+def require_gpu(what: str) -> str:
+    capability = gpu_compute_capability()
+    if capability is None:
+        raise PipelineError(f"{what} needs an NVIDIA GPU and driver (libcuda); none found on this machine")
+    return capability
+
+
 def import_pycuda():
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
-        raise PipelineError(f"running engines on the GPU needs pycuda ({exc}): pip install 'pycuda==2026.1' (the [gpu] extra)") from None
+        raise PipelineError(f"running on the GPU needs pycuda ({exc}): pip install 'pycuda==2026.1' (the [gpu] extra)") from None
     return cuda
 
 
-class _Buffer:
-    """A pinned host array and a device allocation, grown on demand."""
+def _check(result, call: str):
+    """cuda-python returns (error, *values): raise with the failing call's name."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise PipelineError(f"CUDA error in {call}: {error!r}")
+    return values[0] if len(values) == 1 else values
 
-    def __init__(self, cuda, dtype: np.dtype):
-        self.cuda, self.dtype, self.capacity = cuda, dtype, 0
+
+class CudaDevice:
+    """The primary context of GPU 0, made current for the lifetime of this object."""
+
+    def __init__(self):
+        self.cuda = import_pycuda()
+        require_gpu("the CUDA runtime layer")
+        self.cuda.init()
+        self.context = self.cuda.Device(0).retain_primary_context()
+        self.context.push()
+
+    def close(self) -> None:
+        if self.context is not None:
+            self.context.pop()
+            self.context = None
+
+
+class Buffer:
+    """A page-locked host array and a device allocation of the same size, grown on demand."""
+
+    def __init__(self, cuda, dtype):
+        self.cuda, self.dtype, self.capacity = cuda, np.dtype(dtype), 0
         self.host = self.device = None
 
     def ensure(self, shape) -> None:
@@ -37,54 +94,266 @@ class _Buffer:
             self.device = self.cuda.mem_alloc(max(1, count * self.dtype.itemsize))
             self.capacity = count
 
+    @property
+    def pointer(self) -> int:
+        return int(self.device)
 
-class TensorRTRunner(Runner):
-    def __init__(self, trt, plan: bytes, inputs: List[TensorSpec], output_names: List[str]):
-        cuda = import_pycuda()
-        cuda.init()
-        self.cuda = cuda
-        self.context_handle = cuda.Device(0).retain_primary_context()
-        self.context_handle.push()
+    def upload(self, array: np.ndarray, stream) -> None:
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        self.ensure(array.shape)
+        self.host[: array.size] = array.ravel()
+        self.cuda.memcpy_htod_async(self.device, self.host[: array.size], stream)
+
+    def download(self, shape, stream) -> np.ndarray:
+        size = int(np.prod(shape))
+        self.cuda.memcpy_dtoh_async(self.host[:size], self.device, stream)
+        return self.host[:size]
+
+
+class CudaGraph:
+    """Capture the work ``enqueue`` puts on ``stream`` once, then replay it with one launch."""
+
+    def __init__(self, stream, enqueue: Callable[[], None]):
+        from cuda.bindings import runtime
+
+        self.runtime, self.handle = runtime, stream.handle
+        _check(runtime.cudaStreamBeginCapture(self.handle, runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture")
+        try:
+            enqueue()
+        finally:
+            graph = _check(runtime.cudaStreamEndCapture(self.handle), "cudaStreamEndCapture")
+        self.graph = graph
+        self.executable = _check(runtime.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def launch(self) -> None:
+        _check(self.runtime.cudaGraphLaunch(self.executable, self.handle), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        self.runtime.cudaGraphExecDestroy(self.executable)
+        self.runtime.cudaGraphDestroy(self.graph)
+
+
+class EventTimer:
+    """GPU-side elapsed time between two points of a stream."""
+
+    def __init__(self, cuda):
+        self.start, self.end = cuda.Event(), cuda.Event()
+
+    def record_start(self, stream) -> None:
+        self.start.record(stream)
+
+    def record_end(self, stream) -> None:
+        self.end.record(stream)
+
+    def elapsed_ms(self) -> float:
+        self.end.synchronize()
+        return self.end.time_since(self.start)
+
+
+class NvmlSampler:
+    """Samples SM and memory-bandwidth utilisation, memory used and SM clock on a thread."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s, self.samples = interval_s, []
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self):
+        try:
+            import pynvml
+        except ImportError:
+            raise PipelineError("GPU benchmarks sample NVML through nvidia-ml-py: pip install nvidia-ml-py") from None
+        pynvml.nvmlInit()
+        self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        nvml, handle = self._nvml, self._handle
+        while not self._stop.is_set():
+            rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+            self.samples.append((rates.gpu, rates.memory, nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20,
+                                 nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)))
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._nvml.nvmlShutdown()
+
+    def summary(self) -> Dict[str, float]:
+        if not self.samples:
+            return {}
+        data = np.asarray(self.samples, dtype=np.float64)
+        return {
+            "sm_utilization_mean": float(data[:, 0].mean()), "sm_utilization_max": float(data[:, 0].max()),
+            "memory_bandwidth_utilization_mean": float(data[:, 1].mean()),
+            "memory_used_mib_max": float(data[:, 2].max()), "sm_clock_mhz_mean": float(data[:, 3].mean()),
+            "nvml_samples": int(len(data)),
+        }
+
+
+class StreamRunner(Runner):
+    """A runner on one CUDA stream: inputs uploaded, computed, downloaded, each timed with events.
+
+    ``run`` includes the transfers (end-to-end); ``compute_only`` replays the computation on inputs
+    already on the device, which is what "transfers excluded" measures.
+    """
+
+    def __init__(self, inputs: List[TensorSpec], output_names: List[str]):
+        self.device = CudaDevice()
+        self.cuda = self.device.cuda
+        self.stream = self.cuda.Stream()
+        self.inputs, self.output_names = inputs, output_names
+        self.timers = {stage: EventTimer(self.cuda) for stage in ("h2d", "compute", "d2h")}
+        self.last_timing: Dict[str, float] = {}
+        self._shapes: Dict[str, tuple] = {}
+
+    # Subclasses: bind buffers for these feeds (return output shapes), then enqueue the computation.
+    def _prepare(self, feeds: Dict[str, np.ndarray]) -> Dict[str, tuple]:
+        raise NotImplementedError
+
+    def _compute(self) -> None:
+        raise NotImplementedError
+
+    def _buffer(self, name: str) -> Buffer:
+        raise NotImplementedError
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        self._shapes = self._prepare(feeds)
+        timers = self.timers
+        timers["h2d"].record_start(self.stream)
+        for spec in self.inputs:
+            self._buffer(spec.name).upload(feeds[spec.name], self.stream)
+        timers["h2d"].record_end(self.stream)
+        timers["compute"].record_start(self.stream)
+        self._compute()
+        timers["compute"].record_end(self.stream)
+        timers["d2h"].record_start(self.stream)
+        hosts = {name: self._buffer(name).download(shape, self.stream) for name, shape in self._shapes.items()}
+        timers["d2h"].record_end(self.stream)
+        self.stream.synchronize()
+        self.last_timing = {f"{stage}_ms": timer.elapsed_ms() for stage, timer in timers.items()}
+        return {name: hosts[name].reshape(self._shapes[name]).copy() for name in self.output_names}
+
+    def compute_only(self) -> float:
+        """GPU milliseconds of one computation on the inputs of the last ``run``."""
+        timer = self.timers["compute"]
+        timer.record_start(self.stream)
+        self._compute()
+        timer.record_end(self.stream)
+        return timer.elapsed_ms()
+
+    def close(self) -> None:
+        if getattr(self, "device", None) is not None:
+            self.device.close()
+            self.device = None
+
+
+class TensorRTRunner(StreamRunner):
+    """A TensorRT plan on one execution context and one stream, with optional CUDA-graph replay."""
+
+    def __init__(self, trt, plan: bytes, inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False):
+        super().__init__(inputs, output_names)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             self.close()
             raise PipelineError("TensorRT could not deserialize the engine (library version or GPU mismatch)")
         self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
-        self.inputs, self.output_names = inputs, output_names
-        self.buffers: Dict[str, _Buffer] = {
-            name: _Buffer(cuda, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
-            for name in [s.name for s in inputs] + output_names
+        self.use_cuda_graph = use_cuda_graph
+        self.buffers: Dict[str, Buffer] = {
+            name: Buffer(self.cuda, trt.nptype(self.engine.get_tensor_dtype(name))) for name in [s.name for s in inputs] + output_names
         }
+        self.graphs: Dict[tuple, CudaGraph] = {}
+        self._key: tuple = ()
 
-    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        self.check_feeds(feeds)
-        cuda = self.cuda
+    def _buffer(self, name: str) -> Buffer:
+        return self.buffers[name]
+
+    def _prepare(self, feeds: Dict[str, np.ndarray]) -> Dict[str, tuple]:
         for spec in self.inputs:
-            array = np.ascontiguousarray(feeds[spec.name], dtype=self.buffers[spec.name].dtype)
-            buffer = self.buffers[spec.name]
-            buffer.ensure(array.shape)
-            buffer.host[: array.size] = array.ravel()
-            cuda.memcpy_htod_async(buffer.device, buffer.host[: array.size], self.stream)
-            self.context.set_input_shape(spec.name, array.shape)
-            self.context.set_tensor_address(spec.name, int(buffer.device))
-        shapes = {}
-        for name in self.output_names:
-            shapes[name] = tuple(self.context.get_tensor_shape(name))
-            self.buffers[name].ensure(shapes[name])
-            self.context.set_tensor_address(name, int(self.buffers[name].device))
+            self.buffers[spec.name].ensure(feeds[spec.name].shape)
+            self.context.set_input_shape(spec.name, feeds[spec.name].shape)
+            self.context.set_tensor_address(spec.name, self.buffers[spec.name].pointer)
+        shapes = {name: tuple(self.context.get_tensor_shape(name)) for name in self.output_names}
+        for name, shape in shapes.items():
+            self.buffers[name].ensure(shape)
+            self.context.set_tensor_address(name, self.buffers[name].pointer)
+        self._key = tuple(feeds[s.name].shape for s in self.inputs)
+        return shapes
+
+    def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.handle):
             raise PipelineError("TensorRT execute_async_v3 failed")
-        results = {}
-        for name in self.output_names:
-            buffer, size = self.buffers[name], int(np.prod(shapes[name]))
-            cuda.memcpy_dtoh_async(buffer.host[:size], buffer.device, self.stream)
-            results[name] = buffer.host[:size]
-        self.stream.synchronize()
-        return {name: results[name].reshape(shapes[name]).copy() for name in self.output_names}
+
+    def _compute(self) -> None:
+        if not self.use_cuda_graph:
+            self._enqueue()
+            return
+        if self._key not in self.graphs:
+            self._enqueue()  # a plain run first lets TensorRT finish shape-dependent set-up
+            self.graphs[self._key] = CudaGraph(self.stream, self._enqueue)
+        self.graphs[self._key].launch()
 
     def close(self) -> None:
-        if getattr(self, "context_handle", None) is not None:
-            self.context_handle.pop()
-            self.context_handle = None
+        for graph in getattr(self, "graphs", {}).values():
+            graph.close()
+        self.graphs = {}
+        super().close()
+
+
+class OnnxRuntimeCudaRunner(StreamRunner):
+    """ONNX Runtime's CUDA execution provider on our stream, inputs and outputs bound to pycuda
+    device buffers through IOBinding; CUDA graphs through ORT's own capture (fixed addresses)."""
+
+    def __init__(self, session_factory: Callable[[dict], object], inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False):
+        super().__init__(inputs, output_names)
+        options = {"device_id": "0", "user_compute_stream": str(self.stream.handle), "enable_cuda_graph": "1" if use_cuda_graph else "0"}
+        self.session = session_factory(options)
+        if "CUDAExecutionProvider" not in self.session.get_providers():
+            self.close()
+            raise PipelineError("ONNX Runtime did not enable its CUDA execution provider (is onnxruntime-gpu installed, matching this CUDA?)")
+        self.io = self.session.io_binding()
+        self.buffers: Dict[str, Buffer] = {}
+        self.use_cuda_graph = use_cuda_graph
+        self._bound_shapes: Dict[str, tuple] = {}
+        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+        self._dtypes = {v.name: dtypes[v.type] for v in list(self.session.get_inputs()) + list(self.session.get_outputs())}
+        self._output_dims = {o.name: o.shape for o in self.session.get_outputs()}
+
+    def _buffer(self, name: str) -> Buffer:
+        if name not in self.buffers:
+            self.buffers[name] = Buffer(self.cuda, self._dtypes[name])
+        return self.buffers[name]
+
+    def _prepare(self, feeds: Dict[str, np.ndarray]) -> Dict[str, tuple]:
+        symbols: Dict[str, int] = {}
+        for value in self.session.get_inputs():
+            for dim, size in zip(value.shape, feeds[value.name].shape):
+                if isinstance(dim, str):
+                    symbols[dim] = size
+        shapes = {}
+        for name, dims in self._output_dims.items():
+            unknown = [d for d in dims if not isinstance(d, int) and d not in symbols]
+            if unknown:
+                raise PipelineError(f"output '{name}' has dims {dims}; {unknown} cannot be derived from the inputs' shapes")
+            shapes[name] = tuple(d if isinstance(d, int) else symbols[d] for d in dims)
+        bound = {**{n: tuple(f.shape) for n, f in feeds.items()}, **shapes}
+        if bound != self._bound_shapes:  # rebinding changes addresses: a captured graph is replayed only on a fixed binding
+            if self.use_cuda_graph and self._bound_shapes:
+                raise PipelineError("ORT CUDA-graph mode needs one fixed input shape per runner; create a runner per batch size")
+            self.io.clear_binding_inputs()
+            self.io.clear_binding_outputs()
+            for name, shape in bound.items():
+                buffer = self._buffer(name)
+                buffer.ensure(shape)
+                bind = self.io.bind_input if name in feeds else self.io.bind_output
+                bind(name, "cuda", 0, self._dtypes[name], list(shape), buffer.pointer)
+            self._bound_shapes = bound
+        return shapes
+
+    def _compute(self) -> None:
+        self.session.run_with_iobinding(self.io)

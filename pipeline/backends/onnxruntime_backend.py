@@ -66,11 +66,31 @@ def specs_from_session(session) -> List[TensorSpec]:
     ]
 
 
+def _specs_from_onnx(path: Path) -> tuple:
+    import onnx
+
+    from ..onnx_tools.inspect import real_inputs
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
+    inputs = [
+        TensorSpec(name=v.name, shape=[d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+                   dtype=names.get(v.type.tensor_type.elem_type, "float32"))
+        for v in real_inputs(model)
+    ]
+    return inputs, [o.name for o in model.graph.output]
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def check_available(self) -> None:
+    def check_available(self, device: str = "cpu") -> None:
         ort = _ort()
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise PipelineError(
+                f"the CUDA target needs onnxruntime-gpu (this onnxruntime {ort.__version__} offers {ort.get_available_providers()}): "
+                "pip install onnxruntime-gpu==1.31.1 in place of onnxruntime"
+            )
         if "CPUExecutionProvider" not in ort.get_available_providers():
             raise PipelineError("this onnxruntime build has no CPUExecutionProvider")
 
@@ -78,12 +98,21 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         self.check_available()
         artifact = Path(request.out_dir) / ARTIFACT
-        options = session_options(request.target.build.intra_op_threads, request.target.build.graph_optimization_level)
-        options.optimized_model_filepath = str(artifact)
-        try:
-            session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from None
+        if request.target.device.value == "cuda":
+            # The CUDA EP optimizes when it loads (fusions differ per provider, and the CPU EP has no
+            # fp16 kernels to pre-optimize with): the artifact is the ONNX as calibrated.
+            import shutil
+
+            shutil.copyfile(request.onnx_path, artifact)
+            inputs, outputs = _specs_from_onnx(artifact)
+        else:
+            options = session_options(request.target.build.intra_op_threads, request.target.build.graph_optimization_level)
+            options.optimized_model_filepath = str(artifact)
+            try:
+                session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from None
+            inputs, outputs = specs_from_session(session), [o.name for o in session.get_outputs()]
         sidecar = {
             "backend": self.name,
             "artifact": ARTIFACT,
@@ -95,24 +124,34 @@ class OnnxRuntimeBackend(Backend):
             "config_hash": request.config_hash,
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(artifact),
-            "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in specs_from_session(session)],
-            "outputs": [o.name for o in session.get_outputs()],
+            "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in inputs],
+            "outputs": outputs,
         }
         write_json(Path(request.out_dir) / SIDECAR, sidecar)
         return sidecar
 
-    def load(self, artifact_dir: Path, threads: int = 0) -> Runner:
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False) -> Runner:
         sidecar = self.read_sidecar(artifact_dir)
         ort = _ort()
+        inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
+        path = Path(artifact_dir) / sidecar["artifact"]
+        if sidecar.get("device") == "cuda":
+            from .cuda_runtime import OnnxRuntimeCudaRunner, require_gpu
+
+            require_gpu("the ONNX Runtime CUDA target")
+            self.check_available("cuda")
+
+            def session(cuda_options: dict):
+                return ort.InferenceSession(str(path), session_options(threads, "all"), providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"])
+
+            return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph)
         if sidecar["versions"]["onnxruntime"] != ort.__version__:
             # An offline-optimized model may use kernels of the version that wrote it.
             raise PipelineError(
                 f"{artifact_dir} was optimized by onnxruntime {sidecar['versions']['onnxruntime']}, "
                 f"this is {ort.__version__}: rerun the build stage (dvc repro)"
             )
-        session = create_session(Path(artifact_dir) / sidecar["artifact"], threads)
-        inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
-        return OnnxRuntimeRunner(session, inputs)
+        return OnnxRuntimeRunner(create_session(path, threads), inputs)
 
 
 def load_onnx_runner(path: Path | str, threads: int = 0, level: str = "all") -> OnnxRuntimeRunner:

@@ -8,7 +8,6 @@ and is checked on the parsed network before building and in the engine inspector
 """
 from __future__ import annotations
 
-import ctypes
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -19,6 +18,7 @@ from ..config.schema import TargetConfig, TensorSpec
 from ..errors import PipelineError
 from ..io import atomic_path, read_json, sha256_bytes, sha256_file, write_json, write_text
 from .base import SIDECAR, Backend, BuildRequest, Runner
+from .cuda_runtime import gpu_compute_capability
 
 PLAN = "model.plan"
 TIMING_CACHE = "timing.cache"
@@ -179,26 +179,6 @@ def _attach_implicit_calibrator(trt, config, request: BuildRequest) -> None:  # 
     config.int8_calibrator = CacheCalibrator()
 
 
-def gpu_compute_capability() -> Optional[str]:
-    """The first GPU's compute capability via the CUDA driver, or None without a driver/GPU."""
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            cuda = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    if cuda.cuInit(0) != 0:
-        return None
-    major, minor, device = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-        return None
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
-    return f"{major.value}.{minor.value}"
-
-
 def inspect_engine(trt, plan: bytes) -> Optional[dict]:
     """Engine inspector JSON (needs a GPU that can deserialize the plan), or None without one."""
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
@@ -294,7 +274,7 @@ class TensorRTBackend(Backend):
         write_json(out / SIDECAR, sidecar)
         return sidecar
 
-    def load(self, artifact_dir: Path, threads: int = 0) -> Runner:
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False) -> Runner:
         sidecar = self.read_sidecar(artifact_dir)
         trt = import_tensorrt(self.rtx)
         built_with = sidecar["versions"][self.name]
@@ -309,7 +289,7 @@ class TensorRTBackend(Backend):
 
         plan = (Path(artifact_dir) / sidecar["artifact"]).read_bytes()
         inputs = [TensorSpec(name=i["name"], shape=i["shape"], dtype="float32") for i in sidecar["inputs"]]
-        return TensorRTRunner(trt, plan, inputs, sidecar["outputs"])
+        return TensorRTRunner(trt, plan, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph)
 
 
 

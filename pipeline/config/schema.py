@@ -226,6 +226,11 @@ class BenchmarkConfig:
     max_seconds_per_batch: float = 20.0  # time budget per batch size (iterations may stop early)
     spread_warning: float = 0.10  # warn when repeat medians differ by more than this fraction
     threads: int = 0
+    # GPU targets only:
+    include_transfers: bool = True  # time host-to-device and device-to-host copies too
+    cuda_graph: bool = False  # capture once, replay the CUDA graph
+    streams: int = 1  # concurrent runners, each on its own CUDA stream
+    nvml_interval_ms: int = 20  # NVML sampling period during timed runs
 
 
 @dataclass

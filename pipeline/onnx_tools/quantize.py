@@ -91,6 +91,28 @@ def collect_ranges(
     return {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
 
 
+FP8_E4M3_MAX = 448.0
+
+
+def _fp8_tensors(ranges: Dict[str, tuple]):
+    """Ranges as ORT float8 statistics that give TensorRT's FP8 scale, amax / 448.
+
+    ORT derives a float8 activation scale as std / std(all E4M3 values); feeding
+    std = amax * std_e4m3 / 448 makes that scale amax / 448 (saturation only above amax).
+    """
+    from ml_dtypes import float8_e4m3fn
+    from onnxruntime.quantization.calibrate import TensorData
+
+    values = np.arange(256, dtype=np.uint8).view(float8_e4m3fn).astype(np.float32)
+    std_e4m3 = float(np.std(values[np.isfinite(values)]))
+    tensors = {}
+    for name, (low, high) in ranges.items():
+        amax = max(abs(low), abs(high), 1e-12)
+        tensors[name] = TensorData(avg=np.float32(0.0), std=np.float32(amax * std_e4m3 / FP8_E4M3_MAX),
+                                   lowest=np.float32(-amax), highest=np.float32(amax))
+    return tensors
+
+
 def quantize_qdq(
     src: Path,
     dst: Path,
@@ -102,8 +124,11 @@ def quantize_qdq(
     op_types: Sequence[str] = (),
     reduce_range: bool = False,
     quantize_outputs: bool = True,
+    element: str = "int8",
 ) -> None:
-    """Write ``src`` with Q/DQ nodes placed from ``ranges`` in the flavour ``quant_format`` needs."""
+    """Write ``src`` with Q/DQ nodes placed from ``ranges`` in the flavour ``quant_format`` needs.
+
+    ``element`` int8, or float8e4m3fn (FP8 E4M3: symmetric, zero point 0, per-tensor scales)."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat as OrtFormat
     from onnxruntime.quantization import QuantType, quantize_static
@@ -112,7 +137,15 @@ def quantize_qdq(
     flavour = FLAVOURS[quant_format]
     ort_method = {CalibrationMethod.minmax: OrtMethod.MinMax, CalibrationMethod.entropy: OrtMethod.Entropy,
                   CalibrationMethod.percentile: OrtMethod.Percentile}[method]
-    tensors = TensorsData(ort_method, {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
+    activation_type, weight_type = getattr(QuantType, flavour.activation_type), getattr(QuantType, flavour.weight_type)
+    if element == "float8e4m3fn":
+        ort_method, per_channel, reduce_range = OrtMethod.Distribution, False, False
+        activation_type = weight_type = QuantType.QFLOAT8E4M3FN
+        tensors = TensorsData(ort_method, _fp8_tensors(ranges))
+    elif element == "int8":
+        tensors = TensorsData(ort_method, {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
+    else:
+        raise PipelineError(f"Q/DQ element type '{element}' is not supported; supported: int8, float8e4m3fn")
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" notice: simplify already did
     with tempfile.TemporaryDirectory(prefix="qdq.") as workdir, atomic_path(dst) as tmp:
         cache = Path(workdir) / "ranges.json"
@@ -121,7 +154,7 @@ def quantize_qdq(
             quantize_static(
                 str(src), str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
                 quant_format=OrtFormat.QDQ, calibrate_method=ort_method, per_channel=per_channel, reduce_range=reduce_range,
-                activation_type=getattr(QuantType, flavour.activation_type), weight_type=getattr(QuantType, flavour.weight_type),
+                activation_type=activation_type, weight_type=weight_type,
                 nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=list(op_types) or _quantizable_op_types(),
                 extra_options={
                     "ActivationSymmetric": flavour.activation_symmetric,
