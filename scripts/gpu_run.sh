@@ -10,7 +10,7 @@ mkdir -p "$OUT" "$SITE"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export PATH=/usr/local/cuda/bin:$PATH
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl /root/stage/.ortgpu/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl /root/stage/.ortstage/*.whl
 export PYTHONPATH="$SITE:$PWD"
 
 if ! python3 -c "import pycuda.driver" 2>/dev/null; then
