@@ -22,5 +22,5 @@ if ! python3 -c "import pycuda.driver" 2>/dev/null; then
 fi
 python3 -c "import onnxruntime as o, pycuda.driver as d; d.init(); print('onnxruntime', o.__version__, o.get_available_providers()); print('GPU', d.Device(0).name())" | tee "$OUT/versions.txt"
 
-python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || true
+python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || true
 python3 scripts/gpu_benchmarks.py --out "$OUT" 2>&1 | tee "$OUT/gpu_benchmarks.log"

@@ -45,6 +45,7 @@ def test_cuda_graph_capture_and_replay_on_a_pycuda_stream(device):
     data = np.arange(4096, dtype=np.float32)
     source.upload(data, stream)
     target.ensure(data.shape)
+    stream.synchronize()  # the staging buffer is reused by the next upload
     graph = CudaGraph(stream, lambda: cuda.memcpy_dtod_async(target.device, source.device, data.nbytes, stream))
     source.upload(data * 3, stream)  # the graph copies whatever the source holds when replayed
     graph.launch()
@@ -95,3 +96,5 @@ def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
             got = graphed.run(feeds)["logits"]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         assert graphed.compute_only() > 0 and set(plain.last_timing) == {"h2d_ms", "compute_ms", "d2h_ms"}
+        assert graphed.graph_mode in ("stream_capture", "onnxruntime") and plain.graph_mode == "none"
+        print("graph mode:", graphed.graph_mode)

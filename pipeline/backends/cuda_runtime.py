@@ -99,6 +99,8 @@ class Buffer:
         return int(self.device)
 
     def upload(self, array: np.ndarray, stream) -> None:
+        """Stage ``array`` in the page-locked buffer and copy it asynchronously. The staging buffer
+        is reused: synchronise ``stream`` before the next upload (runners do, once per run)."""
         array = np.ascontiguousarray(array, dtype=self.dtype)
         self.ensure(array.shape)
         self.host[: array.size] = array.ravel()
@@ -207,7 +209,8 @@ class StreamRunner(Runner):
         self.stream = self.cuda.Stream()
         self.inputs, self.output_names = inputs, output_names
         self.timers = {stage: EventTimer(self.cuda) for stage in ("h2d", "compute", "d2h")}
-        self.last_timing: Dict[str, float] = {}
+        self.last_timing: Dict[str, float] = {}  # GPU ms per stage of the last run (CUDA events)
+        self.last_enqueue_ms = 0.0
         self._shapes: Dict[str, tuple] = {}
 
     # Subclasses: bind buffers for these feeds (return output shapes), then enqueue the computation.
@@ -229,7 +232,9 @@ class StreamRunner(Runner):
             self._buffer(spec.name).upload(feeds[spec.name], self.stream)
         timers["h2d"].record_end(self.stream)
         timers["compute"].record_start(self.stream)
+        enqueue_start = time.perf_counter()
         self._compute()
+        self.last_enqueue_ms = (time.perf_counter() - enqueue_start) * 1000.0  # host time to submit (ORT: until done)
         timers["compute"].record_end(self.stream)
         timers["d2h"].record_start(self.stream)
         hosts = {name: self._buffer(name).download(shape, self.stream) for name, shape in self._shapes.items()}
@@ -307,12 +312,24 @@ class TensorRTRunner(StreamRunner):
 
 class OnnxRuntimeCudaRunner(StreamRunner):
     """ONNX Runtime's CUDA execution provider on our stream, inputs and outputs bound to pycuda
-    device buffers through IOBinding; CUDA graphs through ORT's own capture (fixed addresses)."""
+    device buffers through IOBinding.
+
+    CUDA graphs: the runner captures one ``Run`` on its own stream (ORT's end-of-run synchronisation
+    off) and replays it with a bare ``cudaGraphLaunch``, skipping ORT's per-run host work. If ORT
+    does something a capture cannot hold, it falls back to ORT's own graph mode (``enable_cuda_graph``).
+    ``graph_mode`` says which one ran.
+    """
 
     def __init__(self, session_factory: Callable[[dict], object], inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False):
         super().__init__(inputs, output_names)
-        options = {"device_id": "0", "user_compute_stream": str(self.stream.handle), "enable_cuda_graph": "1" if use_cuda_graph else "0"}
-        self.session = session_factory(options)
+        self._session_factory = session_factory
+        self.session = self._new_session(ort_graph=False)
+        self.graph_mode = "none"
+        self._graph: Optional[CudaGraph] = None
+        import onnxruntime
+
+        self._capture_options = onnxruntime.RunOptions()
+        self._capture_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         if "CUDAExecutionProvider" not in self.session.get_providers():
             self.close()
             raise PipelineError("ONNX Runtime did not enable its CUDA execution provider (is onnxruntime-gpu installed, matching this CUDA?)")
@@ -323,6 +340,10 @@ class OnnxRuntimeCudaRunner(StreamRunner):
         dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
         self._dtypes = {v.name: dtypes[v.type] for v in list(self.session.get_inputs()) + list(self.session.get_outputs())}
         self._output_dims = {o.name: o.shape for o in self.session.get_outputs()}
+
+    def _new_session(self, ort_graph: bool):
+        options = {"device_id": "0", "user_compute_stream": str(self.stream.handle), "enable_cuda_graph": "1" if ort_graph else "0"}
+        return self._session_factory(options)
 
     def _buffer(self, name: str) -> Buffer:
         if name not in self.buffers:
@@ -356,4 +377,42 @@ class OnnxRuntimeCudaRunner(StreamRunner):
         return shapes
 
     def _compute(self) -> None:
-        self.session.run_with_iobinding(self.io)
+        if not self.use_cuda_graph:
+            self.session.run_with_iobinding(self.io)
+        elif self._graph is not None:
+            self._graph.launch()
+        elif self.graph_mode == "onnxruntime":
+            self.session.run_with_iobinding(self.io)  # ORT captures on an early run, then replays
+        else:
+            # Warm with the capture's own options: without ORT's end-of-run sync its arena keeps
+            # more buffers alive, and every allocation must happen before the capture.
+            for _ in range(3):
+                self.session.run_with_iobinding(self.io, self._capture_options)
+                self.stream.synchronize()
+            try:
+                self._graph = CudaGraph(self.stream, lambda: self.session.run_with_iobinding(self.io, self._capture_options))
+                self.graph_mode = "stream_capture"
+                self._graph.launch()
+            except Exception:  # ORT synchronised or allocated inside the capture: use its own graphs
+                self._graph = None
+                self.graph_mode = "onnxruntime"
+                self.stream = self.cuda.Stream()  # the failed capture may have left the old one unusable
+                self.session = self._new_session(ort_graph=True)
+                self.io, self._bound_shapes = self.session.io_binding(), {}
+                raise _Rebind()
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        try:
+            return super().run(feeds)
+        except _Rebind:
+            return super().run(feeds)
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
+        super().close()
+
+
+class _Rebind(Exception):
+    """The session was replaced (graph-mode fallback): bind and run again."""

@@ -20,6 +20,7 @@ def gpu_benchmark_batch(make_runner: Callable[[], StreamRunner], feeds: Dict[str
                 runner.run(feeds)  # also uploads the inputs that compute_only reuses
         per_runner: List[List[float]] = [[] for _ in runners]
         stages: List[Dict[str, float]] = []
+        enqueue: List[float] = []
 
         def timed_loop(index: int) -> None:
             runner = runners[index]
@@ -29,6 +30,7 @@ def gpu_benchmark_batch(make_runner: Callable[[], StreamRunner], feeds: Dict[str
                     per_runner[index].append(sum(runner.last_timing.values()))
                     if index == 0:
                         stages.append(dict(runner.last_timing))
+                        enqueue.append(runner.last_enqueue_ms)
                 else:
                     per_runner[index].append(runner.compute_only())
 
@@ -49,10 +51,11 @@ def gpu_benchmark_batch(make_runner: Callable[[], StreamRunner], feeds: Dict[str
             "throughput": total_samples / wall if len(runners) > 1 else row["throughput"],
             "wall_throughput": total_samples / wall,
             "transfers_included": cfg.include_transfers, "cuda_graph": cfg.cuda_graph, "streams": len(runners),
-            "timer": "cuda_events", "repeat_spread": spread, "noisy": spread > cfg.spread_warning, **nvml.summary(),
+            "timer": "cuda_events", "graph_mode": getattr(runners[0], "graph_mode", "none"), "repeat_spread": spread, "noisy": spread > cfg.spread_warning, **nvml.summary(),
         })
         if stages:
             row.update({f"{k}_p50": float(np.median([s[k] for s in stages])) for k in stages[0]})
+            row["enqueue_ms_p50"] = float(np.median(enqueue))
         return row
     finally:
         for runner in runners:
