@@ -137,7 +137,9 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
                      quantize_outputs=ctx.model.quantize_outputs, element=ctx.precision.dtype)
 
     excluded = list(calibration.exclude_nodes)
+    started = time.perf_counter()
     quantize(excluded)
+    quantize_seconds = time.perf_counter() - started
     report = {
         "method": calibration.method.value,
         "mode": calibration.mode.value,
@@ -145,9 +147,12 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
         "quant_format": quantization.format.value,
         "calibrated_tensors": len(ranges),
         "statistics_seconds": round(collect_seconds, 1),
+        "quantize_seconds": round(quantize_seconds, 1),
     }
     if calibration.search.enabled:
+        started = time.perf_counter()
         excluded = _search_exclusions(ctx, source, model_out, dataset, splits, indices, excluded, quantize, out)
+        report["search_seconds"] = round(time.perf_counter() - started, 1)
     write_json(out / "exclusions.json", excluded)
     report["excluded_nodes"] = excluded
     report["qdq"] = qdq_summary(load_model(model_out))

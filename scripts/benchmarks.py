@@ -102,11 +102,14 @@ def issue4_section(cfg_path: Path) -> list:
               f"| {batch} × 128 | {base:.0f} | {ours:.0f} | {ratio:.2f}× | {validation['cosine_mean']:.4f} | {validation['cosine_min']:.4f} | {validation['retrieval_agreement']:.3f} |", "",
               f"Layers the accuracy search kept in float: {report.get('excluded_nodes') or 'none'}.",
               "Floors asked for: ≥ 2× throughput, mean cosine ≥ 0.99.", "",
-              "## Calibration time (500 samples, default method, whole calibrate step)", "",
-              "| model | method | seconds | statistics only |", "|---|---|---|---|"]
+              "## Calibration time (500 samples, default method)", "",
+              "| model | method | statistics s | Q/DQ insertion s | calibration total s | accuracy check/search s | whole stage s |",
+              "|---|---|---|---|---|---|---|"]
     for model, (seconds, rep) in calibration.items():
-        lines.append(f"| {model} | {rep['method']} | {seconds:.1f} | {rep['statistics_seconds']} |")
-    lines += ["", "Floor asked for: ≤ 60 s for the ResNet-50-class model. The MiniLM time includes the accuracy search.", ""]
+        total = rep["statistics_seconds"] + rep["quantize_seconds"]
+        lines.append(f"| {model} | {rep['method']} | {rep['statistics_seconds']} | {rep['quantize_seconds']} | {total:.1f} | {rep.get('search_seconds', 0)} | {seconds:.1f} |")
+    lines += ["", "Floor asked for: ≤ 60 s for the ResNet-50-class model (calibration total). The whole stage also draws and hashes",
+              "the samples and checks the gates on the held-out split (the accuracy search's first step).", ""]
     return lines
 
 
@@ -169,6 +172,7 @@ def main() -> None:
     if args.issue4:
         lines += issue4_section(REPO / "params.yaml")
 
+    timed(["dvc", "repro"], REPO)  # re-hashes what the calibrate run above rewrote (same bytes)
     noop = timed(["dvc", "repro"], REPO)
     lines += ["## DVC", "", f"No-op `dvc repro` (everything cached): {noop:.2f} s. Floor: ≤ 3 s."]
     if args.cold:

