@@ -8,8 +8,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .backends import BuildRequest, get_backend
 from .backends.onnxruntime_backend import load_onnx_runner
 from .cli import console, progress_bar
@@ -101,7 +99,7 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     from .onnx_tools.inspect import load_model
     from .onnx_tools.quantize import collect_ranges, qdq_summary, quantize_qdq, trt_calibration_cache
 
-    cfg, calibration = ctx.config, ctx.config.calibration
+    calibration = ctx.config.calibration
     if calibration.mode == CalibrationMode.implicit and ctx.target.backend != Backend.tensorrt:
         raise PipelineError(f"calibration.mode=implicit applies to TensorRT <= 10 targets only; target '{ctx.entry.target}' uses {ctx.target.backend.value}")
     if ctx.precision.dtype not in ("int8", "float8e4m3fn"):

@@ -1,8 +1,6 @@
 """Hydra composition: every option composes, bad input fails with a message naming what's allowed."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -74,8 +74,8 @@ def test_simplify_folds_constant_subgraphs_and_drops_initializer_inputs(tmp_path
     assert metrics == {**metrics, "nodes_before": 2, "nodes_after": 1}
     assert [i.name for i in simple.graph.input] == ["x"]
     x = np.ones((4, 2), np.float32)
-    np.testing.assert_allclose(load_onnx_runner(tmp_path / "simple.onnx").run({"x": x})["y"], x @ (weight_array := np.arange(6, dtype=np.float32).reshape(2, 3) * 2))
-    del weight_array
+    expected = x @ (np.arange(6, dtype=np.float32).reshape(2, 3) * 2)
+    np.testing.assert_allclose(load_onnx_runner(tmp_path / "simple.onnx").run({"x": x})["y"], expected)
 
 
 def test_malformed_and_missing_onnx_give_clear_errors(tmp_path):

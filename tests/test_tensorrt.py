@@ -148,3 +148,22 @@ def test_fp8_qdq_simulated_on_the_cpu_agrees_with_fp32(rtx):
     assert metrics["top1_agreement"] >= 0.98 and metrics["accuracy_drop"] <= 1.0
     report = read_json(build_paths(cfg, ctx.name).calibrated_dir / "report.json")
     assert report["qdq"]["zero_point_types"] == ["FLOAT8E4M3FN"]
+
+
+def test_transformer_engine_has_batch_and_sequence_profiles(tmp_path):
+    """MiniLM through TensorRT-RTX: three int64 inputs, dynamic batch and sequence, profiles from config."""
+    cfg = compose_config(tmp_path, "model=[minilm]", "target=[rtx4090]", "precision=[fp16]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+    ctx = resolve_model(cfg, "minilm")
+    for step in (steps.prepare, steps.export, steps.simplify):
+        step(cfg, ctx)
+    build = resolve_build(cfg, "minilm-rtx4090-fp16")
+    steps.calibrate(build)
+    sidecar = steps.build(build)
+    profile = cfg.model["minilm"].profiles[0]
+    expected = {"min": [profile.min["batch"], profile.min["sequence"]], "opt": [profile.opt["batch"], profile.opt["sequence"]],
+                "max": [profile.max["batch"], profile.max["sequence"]]}
+    assert sidecar["profiles"] == [{name: expected for name in ("input_ids", "attention_mask", "token_type_ids")}]
+    assert [i["shape"] for i in sidecar["inputs"]] == [[-1, -1]] * 3
+    assert sidecar["precisions_found"]["network"]["tensor_dtypes"].get("HALF", 0) > 0
+    autocast = read_json(build_paths(cfg, build.name).calibrated_dir / "report.json")["autocast"]
+    assert autocast["nodes_low_precision"] > 0 and isinstance(autocast["nodes_kept_fp32"], list)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import numpy as np
 
@@ -87,15 +87,3 @@ class Backend(abc.ABC):
                 f"{artifact_dir} was built by backend '{sidecar.get('backend')}', not '{self.name}'"
             )
         return sidecar
-
-
-def specs_from_model(model: ModelConfig) -> List[TensorSpec]:
-    return list(model.inputs)
-
-
-def dynamic_axes(spec: TensorSpec) -> Sequence[int]:
-    return [i for i, d in enumerate(spec.shape) if d < 0]
-
-
-def first_output(outputs: Dict[str, np.ndarray], names: Optional[Sequence[str]] = None) -> np.ndarray:
-    return outputs[(names or list(outputs))[0]]

@@ -8,15 +8,16 @@ and is checked on the parsed network before building and in the engine inspector
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 
 
 from ..config.schema import TargetConfig, TensorSpec
 from ..errors import PipelineError
-from ..io import atomic_path, read_json, sha256_bytes, sha256_file, write_json, write_text
+from ..io import atomic_path, sha256_bytes, sha256_file, write_json, write_text
 from .base import SIDECAR, Backend, BuildRequest, Runner
 from .cuda_runtime import gpu_compute_capability
 
@@ -186,8 +187,6 @@ def inspect_engine(trt, plan: bytes) -> Optional[dict]:
     if engine is None:
         return None
     inspector = engine.create_engine_inspector()
-    import json
-
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
@@ -250,7 +249,7 @@ class TensorRTBackend(Backend):
         if gpu_compute_capability() == request.target.compute_capability:
             inspection = inspect_engine(trt, plan_bytes)
             if inspection is not None:
-                write_text(out / INSPECTION, __import__("json").dumps(inspection, indent=2, sort_keys=True))
+                write_text(out / INSPECTION, json.dumps(inspection, indent=2, sort_keys=True))
                 inspected = inspection_precisions(inspection)
                 check_precision(inspected, request.precision, "built engine")
         sidecar = {

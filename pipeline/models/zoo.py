@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from ..config.schema import ModelConfig, ModelSource
 from ..data import Dataset, Splits
 from ..errors import PipelineError
@@ -151,9 +149,3 @@ def load_checkpoint(path: str | os.PathLike):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
         raise PipelineError(f"cannot read checkpoint {path}: {exc}") from None
-
-
-def predict_numpy(model, batch: np.ndarray) -> np.ndarray:
-    torch = _torch()
-    with torch.no_grad():
-        return model(torch.from_numpy(batch)).numpy()
