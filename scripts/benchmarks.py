@@ -176,7 +176,7 @@ def main() -> None:
     lines += ["## DVC", "", f"No-op `dvc repro` (everything cached): {noop:.2f} s. Floor: ≤ 3 s."]
     if args.cold:
         lines.append(f"Cold `dvc repro -q` of the default matrix in a fresh clone: {cold_pipeline_seconds():.0f} s. Floor: ≤ 300 s.")
-    lines.append("")
+    lines += ["", "GPU figures (lent H200, `bash scripts/gpu_run.sh`): [gpu/h200.md](gpu/h200.md).", ""]
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
 
