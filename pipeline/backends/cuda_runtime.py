@@ -337,8 +337,9 @@ class OnnxRuntimeCudaRunner(StreamRunner):
         self.buffers: Dict[str, Buffer] = {}
         self.use_cuda_graph = use_cuda_graph
         self._bound_shapes: Dict[str, tuple] = {}
-        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-        self._dtypes = {v.name: dtypes[v.type] for v in list(self.session.get_inputs()) + list(self.session.get_outputs())}
+        from ..onnx_tools.inspect import ort_numpy_dtype
+
+        self._dtypes = {v.name: ort_numpy_dtype(v.type) for v in list(self.session.get_inputs()) + list(self.session.get_outputs())}
         self._output_dims = {o.name: o.shape for o in self.session.get_outputs()}
 
     def _new_session(self, ort_graph: bool):

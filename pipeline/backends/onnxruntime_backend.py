@@ -59,9 +59,10 @@ class OnnxRuntimeRunner(Runner):
 
 def specs_from_session(session) -> List[TensorSpec]:
     """Input specs read from the model itself: symbolic or unknown dims become -1."""
-    dtypes = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+    from ..onnx_tools.inspect import ort_numpy_dtype
+
     return [
-        TensorSpec(name=i.name, shape=[d if isinstance(d, int) else -1 for d in i.shape], dtype=dtypes.get(i.type, i.type))
+        TensorSpec(name=i.name, shape=[d if isinstance(d, int) else -1 for d in i.shape], dtype=ort_numpy_dtype(i.type).name)
         for i in session.get_inputs()
     ]
 
@@ -69,13 +70,12 @@ def specs_from_session(session) -> List[TensorSpec]:
 def _specs_from_onnx(path: Path) -> tuple:
     import onnx
 
-    from ..onnx_tools.inspect import real_inputs
+    from ..onnx_tools.inspect import numpy_dtype, real_inputs
 
     model = onnx.load(str(path), load_external_data=False)
-    names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
     inputs = [
         TensorSpec(name=v.name, shape=[d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
-                   dtype=names.get(v.type.tensor_type.elem_type, "float32"))
+                   dtype=numpy_dtype(v.type.tensor_type.elem_type).name)
         for v in real_inputs(model)
     ]
     return inputs, [o.name for o in model.graph.output]

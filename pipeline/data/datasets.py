@@ -11,7 +11,7 @@ A dataset yields *feeds*: ``{input name: batch array}``, so multi-input models n
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config.schema import DatasetConfig, DatasetSource
 from ..errors import PipelineError
+from ..io import sha256_bytes
 from .resources import resolve_path
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
@@ -44,9 +45,16 @@ class Dataset:
     loader: Callable[[List[int], bool], Feeds]  # (indices, pad_to_max_length) -> feeds
     sample_bytes: Callable[[int], bytes]  # one sample's content, for manifests and overlap checks
     labels: Optional[np.ndarray] = None  # None: no task labels (agreement metrics only)
+    _hashes: Dict[int, str] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def sample_hash(self, index: int) -> str:
+        """sha256 of one sample's content, computed once (overlap checks and manifests share it)."""
+        if index not in self._hashes:
+            self._hashes[index] = sha256_bytes(self.sample_bytes(index))
+        return self._hashes[index]
 
     def load(self, indices: Sequence[int], pad_to_max_length: bool = False) -> Feeds:
         return self.loader(list(indices), pad_to_max_length)

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..config.schema import DatasetConfig
 from ..errors import PipelineError
-from ..io import sha256_bytes
 from .datasets import Dataset
 
 
@@ -52,9 +51,9 @@ def check_disjoint(dataset: Dataset, calibration: Sequence[int], validation: Seq
             f"calibration and validation splits of '{dataset.name}' overlap in {len(shared)} samples "
             f"(first: {dataset.ids[shared[0]]}); they must be disjoint"
         )
-    validation_hashes = {sha256_bytes(dataset.sample_bytes(i)) for i in validation}
+    validation_hashes = {dataset.sample_hash(i) for i in validation}
     for index in calibration:
-        if sha256_bytes(dataset.sample_bytes(index)) in validation_hashes:
+        if dataset.sample_hash(index) in validation_hashes:
             raise PipelineError(
                 f"calibration sample {dataset.ids[index]} has the same content as a validation "
                 f"sample of '{dataset.name}'; the splits must be disjoint"
@@ -63,5 +62,5 @@ def check_disjoint(dataset: Dataset, calibration: Sequence[int], validation: Seq
 
 def make_manifest(dataset: Dataset, indices: Sequence[int], split: str, seed: int) -> dict:
     """Which samples were used, by id and content hash (sha256 of the sample: float32 pixels or UTF-8 text)."""
-    samples = [{"id": dataset.ids[i], "sha256": sha256_bytes(dataset.sample_bytes(i))} for i in indices]
+    samples = [{"id": dataset.ids[i], "sha256": dataset.sample_hash(i)} for i in indices]
     return {"dataset": dataset.name, "split": split, "seed": seed, "num_samples": len(samples), "samples": samples}

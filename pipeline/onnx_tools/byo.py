@@ -14,10 +14,7 @@ from onnx import version_converter
 from ..config.schema import ModelConfig
 from ..errors import PipelineError
 from ..io import atomic_path
-from .inspect import load_model, real_inputs
-
-_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32}
-
+from .inspect import load_model, onnx_elem_type, real_inputs
 
 def _dims(value: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
@@ -50,7 +47,7 @@ def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str) -> tuple[onnx.M
         spec, dims = declared[name], _dims(value)
         if len(dims) != len(spec.shape):
             raise PipelineError(f"input '{name}' of {src} has rank {len(dims)} ({dims}); the config declares {spec.shape}")
-        if value.type.tensor_type.elem_type != _DTYPES.get(spec.dtype):
+        if value.type.tensor_type.elem_type != onnx_elem_type(spec.dtype):
             raise PipelineError(f"input '{name}' of {src} is {onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)}; the config declares {spec.dtype}")
         for axis, (have, want) in enumerate(zip(dims, spec.shape)):
             if want >= 0 and have >= 0 and have != want:

@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import onnx
 
 from ..errors import PipelineError
@@ -32,13 +33,23 @@ def op_counts(model: onnx.ModelProto) -> Dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
+def numpy_dtype(elem_type: int) -> np.dtype:
+    """ONNX element type -> numpy dtype (e.g. TensorProto.INT64 -> int64)."""
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def ort_numpy_dtype(ort_type: str) -> np.dtype:
+    """ONNX Runtime's type string -> numpy dtype (e.g. 'tensor(float)' -> float32)."""
+    return numpy_dtype(onnx.TensorProto.DataType.Value(ort_type[len("tensor("):-1].upper()))
+
+
+def onnx_elem_type(dtype_name: str) -> int:
+    """numpy dtype name -> ONNX element type (e.g. 'float32' -> TensorProto.FLOAT)."""
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype_name))
+
+
 def real_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
     """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
 
-
-def tensor_dtypes(model: onnx.ModelProto) -> Dict[str, int]:
-    """Count of initializer element types by name, e.g. {'FLOAT16': 40, 'INT8': 21}."""
-    counts = Counter(onnx.TensorProto.DataType.Name(init.data_type) for init in model.graph.initializer)
-    return dict(sorted(counts.items()))
