@@ -15,7 +15,7 @@ from pipeline.data import load_dataset, make_splits
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, sha256_file
 from pipeline.onnx_tools.inspect import load_model
-from pipeline.onnx_tools.quantize import collect_ranges, quantize_qdq, trt_calibration_cache
+from pipeline.onnx_tools.quantize import collect_ranges, folded_activation_inputs, quantize_qdq, trt_calibration_cache
 from pipeline.onnx_tools.simplify import simplify_file
 from pipeline.paths import build_paths, model_paths
 
@@ -116,6 +116,22 @@ def test_ort_cpu_flavour_is_u8_activations_s8_weights(workspace, digits_model, t
     model = onnx.load(str(out))
     types = {onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer if i.name.endswith("zero_point")}
     assert {"UINT8", "INT8"} <= types
+
+
+def test_skipping_folded_pre_activations_gives_the_same_qdq_model(workspace, digits_model, tmp_path):
+    """The ranges calibration skips (Conv output -> Relu) are ones ORT's quantizer never reads."""
+    source = model_paths(workspace, "digits_cnn").simplified
+    folded = folded_activation_inputs(onnx.load(str(source)))
+    assert folded, "the digits CNN has Conv -> Relu pairs"
+    dataset = load_dataset("digits", digits_model.dataset)
+    models = []
+    for skip in (True, False):
+        chunks = (feeds for _, feeds in dataset.batches(range(64), 16))
+        ranges = collect_ranges(source, chunks, workspace.calibration, symmetric=False, skip_folded=skip)
+        out = tmp_path / f"skip_{skip}.onnx"
+        quantize_qdq(source, out, ranges, QuantFormat.ort_u8s8, per_channel=True, method=CalibrationMethod.minmax)
+        models.append(out.read_bytes())
+    assert models[0] == models[1]
 
 
 def test_tensorrt_calibration_cache_is_the_native_format():

@@ -61,6 +61,46 @@ def _quantizable_op_types() -> List[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
+def folded_activation_inputs(model: onnx.ModelProto) -> Dict[str, str]:
+    """{pre-activation tensor: activation output} for every Relu/Clip whose input ORT folds away.
+
+    With asymmetric activations ORT's Q/DQ quantizer removes a Relu/Clip that is its producer's
+    only consumer and quantizes the producer's output with the activation's range, so the
+    pre-activation range is never read. Skipping those tensors keeps Conv+Relu fusable in the
+    calibration graph (resnet50: ~1.6x faster statistics).
+    """
+    consumers: Dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    boundary = {v.name for v in model.graph.output} | {v.name for v in model.graph.input}
+    return {
+        name: nodes[0].output[0]
+        for name, nodes in consumers.items()
+        if len(nodes) == 1 and nodes[0].op_type in ("Relu", "Clip") and name not in boundary
+    }
+
+
+def _calibrator(method: CalibrationMethod, cfg: CalibrationConfig, symmetric: bool, skip: frozenset, **common):
+    """ORT's calibrator for ``method``, calibrating every candidate tensor except ``skip``."""
+    from onnxruntime.quantization import calibrate
+
+    base, options = {
+        CalibrationMethod.minmax: (calibrate.MinMaxCalibrater, {}),
+        CalibrationMethod.entropy: (calibrate.EntropyCalibrater, {"num_bins": cfg.num_bins, "num_quantized_bins": 128}),
+        CalibrationMethod.percentile: (calibrate.PercentileCalibrater, {"num_bins": cfg.num_bins, "percentile": cfg.percentile}),
+    }[method]
+
+    class Calibrator(base):
+        def select_tensors_to_calibrate(self, model):
+            tensors, value_infos = super().select_tensors_to_calibrate(model)
+            return tensors - skip, value_infos
+
+    calibrator = Calibrator(symmetric=symmetric, **options, **common)
+    calibrator.augment_graph()
+    return calibrator
+
+
 def collect_ranges(
     model_path: Path,
     chunks: Iterable[Dict[str, np.ndarray]],
@@ -68,32 +108,35 @@ def collect_ranges(
     symmetric: bool,
     op_types: Sequence[str] = (),
     on_chunk: Callable[[int], None] = lambda _: None,  # called with each chunk's sample count
+    skip_folded: bool = True,
 ) -> Dict[str, tuple]:
-    """Run every chunk through ``model_path`` and return {tensor name: (low, high)}."""
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
+    """Run every chunk through ``model_path`` and return {tensor name: (low, high)}.
 
-    methods = {
-        CalibrationMethod.minmax: (OrtMethod.MinMax, {"symmetric": symmetric}),
-        CalibrationMethod.entropy: (OrtMethod.Entropy, {"symmetric": symmetric, "num_bins": cfg.num_bins, "num_quantized_bins": 128}),
-        CalibrationMethod.percentile: (OrtMethod.Percentile, {"symmetric": symmetric, "num_bins": cfg.num_bins, "percentile": cfg.percentile}),
-    }
-    ort_method, options = methods[cfg.method]
+    ``symmetric`` is the activation flavour. Asymmetric (ORT) flavours skip, when ``skip_folded``,
+    the pre-activation tensors the quantizer folds away and report them with their activation's range.
+    """
+    import onnxruntime
+
+    folded = {}
+    if skip_folded and not symmetric:
+        folded = folded_activation_inputs(onnx.load(str(model_path), load_external_data=False))
     with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
-        calibrator = create_calibrator(
-            Path(model_path), list(op_types) or _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
-            calibrate_method=ort_method, extra_options=options,
+        calibrator = _calibrator(
+            cfg.method, cfg, symmetric, frozenset(folded), model_path=Path(model_path),
+            op_types_to_calibrate=list(op_types) or _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
         )
         # ORT runs the augmented graph unoptimized; the calibrated tensors are graph outputs there,
         # so an optimized session keeps every one of them (same ranges) and runs ~25% faster.
-        import onnxruntime
-
         calibrator.infer_session = onnxruntime.InferenceSession(calibrator.augmented_model_path, providers=["CPUExecutionProvider"])
         for feeds in chunks:
             calibrator.collect_data(_ChunkReader(feeds))
             on_chunk(len(next(iter(feeds.values()))))
         tensors = calibrator.compute_data()
-    return {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
+    ranges = {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
+    for name, activation_output in folded.items():
+        if activation_output in ranges:
+            ranges[name] = ranges[activation_output]  # a stand-in: the quantizer never reads it
+    return ranges
 
 
 FP8_E4M3_MAX = 448.0
