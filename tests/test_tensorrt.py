@@ -163,7 +163,7 @@ def test_transformer_engine_has_batch_and_sequence_profiles(tmp_path):
     expected = {"min": [profile.min["batch"], profile.min["sequence"]], "opt": [profile.opt["batch"], profile.opt["sequence"]],
                 "max": [profile.max["batch"], profile.max["sequence"]]}
     assert sidecar["profiles"] == [{name: expected for name in ("input_ids", "attention_mask", "token_type_ids")}]
-    assert [i["shape"] for i in sidecar["inputs"]] == [[-1, -1]] * 3
+    assert [(i["shape"], i["dtype"]) for i in sidecar["inputs"]] == [([-1, -1], "int64")] * 3
     assert sidecar["precisions_found"]["network"]["tensor_dtypes"].get("HALF", 0) > 0
     autocast = read_json(build_paths(cfg, build.name).calibrated_dir / "report.json")["autocast"]
     assert autocast["nodes_low_precision"] > 0 and isinstance(autocast["nodes_kept_fp32"], list)

@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+
 
 
 from ..config.schema import TargetConfig, TensorSpec
@@ -73,6 +75,13 @@ def parse_onnx(trt, onnx_path: Path):
             errors.append(f"node '{error.node_name()}' ({error.node_operator()}): {error.desc()}")
         raise PipelineError(f"the TensorRT ONNX parser rejected {onnx_path}: " + "; ".join(errors or ["unknown error"]))
     return builder, network, parser, logger
+
+
+def numpy_dtype_name(trt, dtype) -> str:
+    """TensorRT DataType -> numpy dtype name (numpy has no bfloat16: ml_dtypes' name for it)."""
+    if dtype.name == "BF16":
+        return "bfloat16"
+    return np.dtype(trt.nptype(dtype)).name
 
 
 def network_precisions(network) -> dict:
@@ -265,7 +274,7 @@ class TensorRTBackend(Backend):
             "plan_sha256": sha256_bytes(plan_bytes),
             "timing_cache_sha256": sha256_bytes(cache_out),
             "profiles": profiles,
-            "inputs": [{"name": network.get_input(i).name, "shape": list(network.get_input(i).shape), "dtype": network.get_input(i).dtype.name} for i in range(network.num_inputs)],
+            "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": numpy_dtype_name(trt, t.dtype)} for t in map(network.get_input, range(network.num_inputs))],
             "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
             "precisions_found": {"network": found, "engine": inspected},
             "engine_inspected": inspected is not None,
@@ -287,7 +296,7 @@ class TensorRTBackend(Backend):
         from .cuda_runtime import TensorRTRunner
 
         plan = (Path(artifact_dir) / sidecar["artifact"]).read_bytes()
-        inputs = [TensorSpec(name=i["name"], shape=i["shape"], dtype="float32") for i in sidecar["inputs"]]
+        inputs = [TensorSpec(name=i["name"], shape=i["shape"], dtype=i["dtype"]) for i in sidecar["inputs"]]
         return TensorRTRunner(trt, plan, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph)
 
 
