@@ -156,7 +156,9 @@ def kernel_section(kernels: dict) -> list:
     lines = ["## INT8 vs FP32 on the layers that dominate (why the speed floors are out of reach here)", "",
              "`kernel_ceiling()` in this script: a stack of the layer that does most of each model's work, FP32 vs the",
              "pipeline's own calibration and u8s8 Q/DQ quantization of it, both in a default ONNX Runtime session, median of",
-             "alternating blocks. The Amdahl estimates above and below combine these with ORT's profile of each FP32 export.", "",
+             "alternating blocks. The Amdahl estimates above and below combine these with ORT's profile of each FP32 export.",
+             "On this shared 2-core machine a single figure moves by up to ±20% between runs (the conv stack gave 1.94× and",
+             "1.51× in two consecutive runs); compare figures within one run.", "",
              "| layer | FP32 ms | INT8 ms | speed-up |", "|---|---|---|---|"]
     for label, base, ours, ratio in kernels.values():
         lines.append(f"| {label} | {base:.1f} | {ours:.1f} | {ratio:.2f}× |")

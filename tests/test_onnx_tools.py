@@ -121,8 +121,9 @@ def test_ort_cpu_flavour_is_u8_activations_s8_weights(workspace, digits_model, t
 def test_skipping_folded_pre_activations_gives_the_same_qdq_model(workspace, digits_model, tmp_path):
     """The ranges calibration skips (Conv output -> Relu) are ones ORT's quantizer never reads."""
     source = model_paths(workspace, "digits_cnn").simplified
-    folded = folded_activation_inputs(onnx.load(str(source)))
+    folded = folded_activation_inputs(onnx.load(str(source)), ["Conv", "Relu"])
     assert folded, "the digits CNN has Conv -> Relu pairs"
+    assert not folded_activation_inputs(onnx.load(str(source)), ["Conv"]), "an unquantized Relu is not folded"
     dataset = load_dataset("digits", digits_model.dataset)
     models = []
     for skip in (True, False):

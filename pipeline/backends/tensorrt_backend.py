@@ -15,8 +15,6 @@ from typing import List, Optional
 
 import numpy as np
 
-
-
 from ..config.schema import TargetConfig, TensorSpec
 from ..errors import PipelineError
 from ..io import atomic_path, sha256_bytes, sha256_file, write_json, write_text

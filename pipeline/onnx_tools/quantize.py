@@ -61,13 +61,13 @@ def _quantizable_op_types() -> List[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def folded_activation_inputs(model: onnx.ModelProto) -> Dict[str, str]:
+def folded_activation_inputs(model: onnx.ModelProto, op_types: Sequence[str]) -> Dict[str, str]:
     """{pre-activation tensor: activation output} for every Relu/Clip whose input ORT folds away.
 
-    With asymmetric activations ORT's Q/DQ quantizer removes a Relu/Clip that is its producer's
-    only consumer and quantizes the producer's output with the activation's range, so the
-    pre-activation range is never read. Skipping those tensors keeps Conv+Relu fusable in the
-    calibration graph (resnet50: ~1.6x faster statistics).
+    With asymmetric activations ORT's Q/DQ quantizer removes a quantized Relu/Clip that is its
+    producer's only consumer and quantizes the producer's output with the activation's range, so
+    the pre-activation range is never read. Not calibrating those tensors keeps Conv+Relu fusable
+    in the calibration graph (resnet50, 500 samples on 2 cores: ~53 s -> ~44 s of statistics).
     """
     consumers: Dict[str, list] = {}
     for node in model.graph.node:
@@ -77,7 +77,7 @@ def folded_activation_inputs(model: onnx.ModelProto) -> Dict[str, str]:
     return {
         name: nodes[0].output[0]
         for name, nodes in consumers.items()
-        if len(nodes) == 1 and nodes[0].op_type in ("Relu", "Clip") and name not in boundary
+        if len(nodes) == 1 and nodes[0].op_type in ("Relu", "Clip") and nodes[0].op_type in op_types and name not in boundary
     }
 
 
@@ -117,13 +117,14 @@ def collect_ranges(
     """
     import onnxruntime
 
+    op_types = list(op_types) or _quantizable_op_types()
     folded = {}
     if skip_folded and not symmetric:
-        folded = folded_activation_inputs(onnx.load(str(model_path), load_external_data=False))
+        folded = folded_activation_inputs(onnx.load(str(model_path), load_external_data=False), op_types)
     with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
         calibrator = _calibrator(
             cfg.method, cfg, symmetric, frozenset(folded), model_path=Path(model_path),
-            op_types_to_calibrate=list(op_types) or _quantizable_op_types(), augmented_model_path=str(Path(workdir) / "augmented.onnx"),
+            op_types_to_calibrate=op_types, augmented_model_path=str(Path(workdir) / "augmented.onnx"),
         )
         # ORT runs the augmented graph unoptimized; the calibrated tensors are graph outputs there,
         # so an optimized session keeps every one of them (same ranges) and runs ~25% faster.
