@@ -94,8 +94,8 @@ def fp32_time_share(path: Path, feeds: dict, op_types: set, runs: int = 3) -> fl
 
 
 def amdahl_line(share: float, what: str, kernel: tuple, floor: float) -> str:
-    """At most 1 / ((1 - f) + f / k) when only the fraction f that the INT8 kernels replace speeds up, by k."""
-    label, _, _, speedup = kernel
+    """About 1 / ((1 - f) + f / k) when only the fraction f of time that INT8 kernels replace speeds up, by k."""
+    speedup = kernel[3]
     bound = 1.0 / ((1.0 - share) + share / speedup)
     needed = share / (1.0 / floor - (1.0 - share)) if 1.0 / floor > 1.0 - share else float("inf")
     return (f"Amdahl estimate: {share:.1%} of the FP32 export's kernel time is {what}; with that layer's INT8 speed-up "
