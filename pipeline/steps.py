@@ -261,9 +261,7 @@ def benchmark(ctx: BuildContext) -> list:
     validation = make_splits(dataset, ctx.dataset).validation
 
     def feeds(batch_size: int) -> dict:
-        # Fixed shapes: text is padded to the dataset's max_length (e.g. batch x 128 tokens).
-        indices = [validation[i % len(validation)] for i in range(batch_size)]
-        return dataset.load(indices, pad_to_max_length=True)
+        return dataset.fixed_batch(validation, batch_size)
 
     def report(row: dict) -> None:
         note = "  [yellow]noisy: repeat medians differ by {:.0%}[/]".format(row["repeat_spread"]) if row["noisy"] else ""

@@ -59,7 +59,7 @@ def floor_feeds(cfg, model: str, batch: int) -> dict:
     dataset_cfg = cfg.dataset[cfg.model[model].dataset]
     dataset = load_dataset(cfg.model[model].dataset, dataset_cfg)
     validation = make_splits(dataset, dataset_cfg).validation
-    return dataset.load([validation[i % len(validation)] for i in range(batch)], pad_to_max_length=True)
+    return dataset.fixed_batch(validation, batch)
 
 
 def speed_table(cfg, model: str, build: str, batches=(1, 32), rounds=5) -> list:

@@ -107,7 +107,7 @@ def main() -> None:
     validation = make_splits(dataset, cfg.dataset["photo_crops"]).validation
 
     def feeds(batch: int) -> dict:
-        return dataset.load([validation[i % len(validation)] for i in range(batch)])
+        return dataset.fixed_batch(validation, batch)
 
     def measure(name: str, precision: str, batch: int, **overrides) -> None:
         bench = dataclasses.replace(cfg.benchmark, warmup=5, iterations=30, repeats=3, **overrides)

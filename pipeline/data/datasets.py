@@ -59,6 +59,11 @@ class Dataset:
     def load(self, indices: Sequence[int], pad_to_max_length: bool = False) -> Feeds:
         return self.loader(list(indices), pad_to_max_length)
 
+    def fixed_batch(self, indices: Sequence[int], batch_size: int) -> Feeds:
+        """Exactly ``batch_size`` samples, cycling through ``indices``; text padded to max_length,
+        so timing runs see fixed shapes (e.g. batch x 128 tokens)."""
+        return self.load([indices[i % len(indices)] for i in range(batch_size)], pad_to_max_length=True)
+
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Tuple[List[int], Feeds]]:
         indices = list(indices)
         for start in range(0, len(indices), batch_size):

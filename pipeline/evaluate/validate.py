@@ -8,20 +8,14 @@ import numpy as np
 from ..config.schema import Gates, Task
 from ..data import Dataset
 from ..backends import Runner
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    denominator = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(denominator > 0, (a * b).sum(axis=1) / np.maximum(denominator, 1e-30), 1.0)
+from ..similarity import row_cosine
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, float]:
     """Per-output error metrics of ``candidate`` against ``reference`` (both batch-first)."""
     reference = reference.astype(np.float64)
     candidate = candidate.astype(np.float64)
-    cosine = _cosine(reference, candidate)
+    cosine = row_cosine(reference, candidate)
     difference = candidate - reference
     return {
         "cosine_mean": float(cosine.mean()),

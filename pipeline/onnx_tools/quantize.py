@@ -67,7 +67,7 @@ def folded_activation_inputs(model: onnx.ModelProto, op_types: Sequence[str]) ->
     With asymmetric activations ORT's Q/DQ quantizer removes a quantized Relu/Clip that is its
     producer's only consumer and quantizes the producer's output with the activation's range, so
     the pre-activation range is never read. Not calibrating those tensors keeps Conv+Relu fusable
-    in the calibration graph (resnet50, 500 samples on 2 cores: ~53 s -> ~44 s of statistics).
+    in the calibration graph (figures: docs/benchmarks.md, "Calibration time").
     """
     consumers: Dict[str, list] = {}
     for node in model.graph.node:
@@ -184,6 +184,7 @@ def quantize_qdq(
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     flavour = FLAVOURS[quant_format]
+    op_types = list(op_types) or _quantizable_op_types()
     ort_method = {CalibrationMethod.minmax: OrtMethod.MinMax, CalibrationMethod.entropy: OrtMethod.Entropy,
                   CalibrationMethod.percentile: OrtMethod.Percentile}[method]
     activation_type, weight_type = getattr(QuantType, flavour.activation_type), getattr(QuantType, flavour.weight_type)
@@ -204,12 +205,12 @@ def quantize_qdq(
                 str(src), str(tmp), calibration_data_reader=None, calibration_cache_path=str(cache),
                 quant_format=OrtFormat.QDQ, calibrate_method=ort_method, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=activation_type, weight_type=weight_type,
-                nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=list(op_types) or _quantizable_op_types(),
+                nodes_to_exclude=list(nodes_to_exclude), op_types_to_quantize=op_types,
                 extra_options={
                     "ActivationSymmetric": flavour.activation_symmetric,
                     "WeightSymmetric": True,
                     "QuantizeBias": flavour.quantize_bias,
-                    "OpTypesToExcludeOutputQuantization": [] if quantize_outputs else list(op_types) or _quantizable_op_types(),
+                    "OpTypesToExcludeOutputQuantization": [] if quantize_outputs else op_types,
                     # Float consumers (e.g. a residual Add) then read the float tensor, not a shared DQ.
                     "DedicatedQDQPair": not quantize_outputs,
                 },

@@ -14,6 +14,8 @@ from typing import Dict, Iterable, List
 import numpy as np
 import onnx
 
+from ..similarity import row_cosine
+
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -51,11 +53,9 @@ def _with_outputs(model_path: Path, names: Iterable[str], out_path: Path) -> Lis
     infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     existing = {o.name for o in model.graph.output}
     available = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
-    added = []
     for name in sorted(set(names)):
         if name in available and name not in existing:
             model.graph.output.append(infos.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            added.append(name)
     onnx.save(model, str(out_path))
     return sorted((set(names) & available))
 
@@ -134,11 +134,7 @@ def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np
         with tempfile.TemporaryDirectory(prefix="loo.") as tmp:
             onnx.save(model, str(Path(tmp) / "m.onnx"))
             session = create_session(Path(tmp) / "m.onnx", level="basic")
-            values = []
-            for feeds, want in zip(feeds_list, reference):
-                got = session.run([output], feeds)[0].reshape(len(want), -1).astype(np.float64)
-                ref = want.reshape(len(want), -1).astype(np.float64)
-                values.append((got * ref).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-30))
+            values = [row_cosine(session.run([output], feeds)[0], want) for feeds, want in zip(feeds_list, reference)]
             return float(np.concatenate(values).mean())
 
     baseline = mean_cosine(qdq)
