@@ -55,6 +55,10 @@ class BuildPaths:
         return self.root / "engine"
 
     @property
+    def calibrate_metrics(self) -> Path:  # how long calibration took: varies run to run, so not in the artifact
+        return self.metrics / "calibrate.json"
+
+    @property
     def validate_metrics(self) -> Path:
         return self.metrics / "validate.json"
 

@@ -91,8 +91,12 @@ def calibrate(ctx: BuildContext) -> dict:
             write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
         else:
             report.update(_quantize(ctx, source, out))
+        # Durations differ run to run: they are metrics, so the artifact stays byte-identical and DVC
+        # skips the build when nothing else changed.
+        seconds = {key: report.pop(key) for key in [k for k in report if k.endswith("_seconds")]}
         write_json(out / "report.json", report)
-    return report
+    write_json(paths.calibrate_metrics, seconds)
+    return {**report, **seconds}
 
 
 def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:

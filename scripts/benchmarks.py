@@ -265,7 +265,8 @@ def main() -> None:
     lines += ["", "Floor asked for: INT8 drop ≤ 1.0 point, agreement ≥ 99%.", ""]
 
     rss, seconds = calibrate_peak_rss("resnet18-cpu-int8")
-    report = read_json(build_paths(cfg, "resnet18-cpu-int8").calibrated_dir / "report.json")
+    paths = build_paths(cfg, "resnet18-cpu-int8")
+    report = {**read_json(paths.calibrated_dir / "report.json"), **read_json(paths.calibrate_metrics)}
     lines += ["## Calibration (500 samples, streamed in chunks)", "",
               f"`python -m stages.calibrate --build resnet18-cpu-int8` ({report['method']}): peak RSS {rss:.2f} GiB, "
               f"{seconds:.1f} s for the whole stage ({report['statistics_seconds']} s collecting statistics). Floor: ≤ 4 GB.", ""]

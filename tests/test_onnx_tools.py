@@ -149,9 +149,19 @@ def test_calibrate_stage_writes_manifest_qdq_model_and_cache(workspace, digits_i
     assert manifest["num_samples"] == 500 == len({s["id"] for s in manifest["samples"]})
     report = read_json(paths.calibrated_dir / "report.json")
     assert report["qdq"]["quantize_linear"] > 0 and report["num_samples"] == 500
+    assert not [key for key in report if key.endswith("_seconds")], "durations belong in the metrics file"
+    assert {"statistics_seconds", "quantize_seconds"} <= set(read_json(paths.calibrate_metrics))
     assert (paths.calibrated_dir / "calibration.cache").read_text().startswith("TRT-")
     validation_ids = {f"digits/{i}" for i in make_splits(load_dataset("digits", digits_int8.dataset), digits_int8.dataset).validation}
     assert not validation_ids & {s["id"] for s in manifest["samples"]}
+
+
+def test_recalibrating_gives_the_same_bytes(workspace, digits_int8):
+    """Unchanged inputs, unchanged artifact: DVC then skips the build after a calibrate rerun."""
+    folder = build_paths(workspace, digits_int8.name).calibrated_dir
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    steps.calibrate(digits_int8)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
 
 
 def test_too_few_calibration_samples_fails_without_leaving_artifacts(workspace, digits_model, tmp_path):
