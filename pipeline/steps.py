@@ -12,12 +12,12 @@ from .backends import BuildRequest, get_backend
 from .backends.onnxruntime_backend import load_onnx_runner
 from .cli import console, progress_bar
 from .config.load import BuildContext, ModelContext
-from .config.schema import Backend, CalibrationMode, Device, ModelSource, PipelineConfig, PrecisionMode, as_plain
+from .config.schema import Backend, Device, ModelSource, PipelineConfig, PrecisionMode, as_plain
 from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
 from .errors import PipelineError
 from .evaluate.benchmark import sweep
 from .evaluate.validate import check_gates, evaluate
-from .io import atomic_dir, atomic_path, read_json, require_file, sha256_json, write_json
+from .io import atomic_dir, read_json, require_file, sha256_json, write_json
 from .paths import build_paths, model_metrics, model_paths
 
 
@@ -104,8 +104,6 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     from .onnx_tools.quantize import collect_ranges, qdq_summary, quantize_qdq, trt_calibration_cache
 
     calibration = ctx.config.calibration
-    if calibration.mode == CalibrationMode.implicit and ctx.target.backend != Backend.tensorrt:
-        raise PipelineError(f"calibration.mode=implicit applies to TensorRT <= 10 targets only; target '{ctx.entry.target}' uses {ctx.target.backend.value}")
     if ctx.precision.dtype not in ("int8", "float8e4m3fn"):
         raise PipelineError(f"Q/DQ element type '{ctx.precision.dtype}' of precision '{ctx.precision_name}' is not supported; supported: int8, float8e4m3fn")
     if ctx.precision.dtype == "float8e4m3fn" and ctx.target.quantization.format.value != "trt_s8s8":
@@ -125,13 +123,12 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
             on_chunk=lambda count: progress.advance(task, count),
         )
     collect_seconds = time.perf_counter() - started
-    trt_version = (ctx.target.tensorrt_major or 10) * 10000
-    (out / "calibration.cache").write_text(trt_calibration_cache(ranges, calibration.method, trt_version), encoding="utf-8")
+    if ctx.target.tensorrt_major == 10:
+        # For TensorRT 10 tools that still take a calibrator cache (trtexec --calib); the pipeline
+        # itself builds from the Q/DQ model on every TensorRT line, and 11 has no calibrators.
+        cache = trt_calibration_cache(ranges, calibration.method, ctx.target.tensorrt_version)
+        (out / "calibration.cache").write_text(cache, encoding="utf-8")
     model_out = out / "model.onnx"
-    if calibration.mode == CalibrationMode.implicit:
-        # TensorRT <= 10 calibrates the FP32 network itself, replaying calibration.cache.
-        shutil.copyfile(source, model_out)
-        return {"method": calibration.method.value, "mode": calibration.mode.value, "num_samples": len(indices)}
 
     def quantize(excluded: list) -> None:
         quantize_qdq(source, model_out, ranges, quantization.format, quantization.per_channel, calibration.method,
@@ -144,7 +141,6 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     quantize_seconds = time.perf_counter() - started
     report = {
         "method": calibration.method.value,
-        "mode": calibration.mode.value,
         "num_samples": len(indices),
         "quant_format": quantization.format.value,
         "calibrated_tensors": len(ranges),
@@ -216,20 +212,14 @@ def build(ctx: BuildContext) -> dict:
     backend = get_backend(ctx.target.backend)
     backend.check_available()  # the library that builds; running on the device is checked at load
     source = require_file(paths.calibrated, "calibrated ONNX")
-    # Warm start shared by every build of one target; the build's own cache is part of its artifact.
-    shared_cache = Path(cfg.artifacts_dir) / "timing_caches" / f"{ctx.entry.target}.cache"
+    # Every build starts from an empty timing cache: a cache shared between builds would make engine
+    # bytes depend on build order, an input DVC cannot see. The build's own cache is in its artifact.
     with atomic_dir(paths.engine_dir) as out:
         request = BuildRequest(
             onnx_path=source, out_dir=out, target_name=ctx.entry.target, target=ctx.target, model=ctx.model,
             precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()),
-            extra={"timing_cache": shared_cache, "calibration_mode": cfg.calibration.mode.value,
-                   "calibration_cache": paths.calibrated_dir / "calibration.cache"},
         )
         sidecar = backend.build(request)
-        built_cache = out / "timing.cache"
-        if built_cache.is_file():
-            with atomic_path(shared_cache) as tmp:
-                shutil.copyfile(built_cache, tmp)
     return sidecar
 
 

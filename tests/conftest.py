@@ -1,6 +1,8 @@
 """Shared fixtures: real Hydra composition, real data, real digits model artifacts (built once)."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,16 @@ from pipeline import steps
 from pipeline.config import load_params, resolve_build, resolve_model, write_params
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def private_copy(workspace, tmp_path: Path, *folders: str):
+    """The workspace config with its own artifact/metric folders under ``tmp_path``, holding copies of
+    ``folders`` (relative to artifacts_dir): a test that rewrites artifacts leaves the shared ones alone."""
+    cfg = dataclasses.replace(workspace, artifacts_dir=str(tmp_path / "artifacts"), metrics_dir=str(tmp_path / "metrics"),
+                              plots_dir=str(tmp_path / "plots"))
+    for folder in folders:
+        shutil.copytree(Path(workspace.artifacts_dir) / folder, Path(cfg.artifacts_dir) / folder)
+    return cfg
 
 
 def compose_config(tmp_path: Path, *overrides: str):

@@ -1,11 +1,13 @@
 """ONNX Runtime backend behind the build/load/run interface; validate metrics, gates, benchmark."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from pipeline import steps
-from pipeline.backends import get_backend
+from pipeline.backends import Runner, get_backend
 from pipeline.config import resolve_build
 from pipeline.config.schema import BenchmarkConfig, Gates
 from pipeline.errors import PipelineError
@@ -13,6 +15,8 @@ from pipeline.evaluate.benchmark import sweep
 from pipeline.evaluate.validate import check_gates, compare_outputs
 from pipeline.io import read_json, sha256_file
 from pipeline.paths import build_paths
+
+from .conftest import private_copy
 
 
 def test_ort_build_writes_optimized_model_and_sidecar(workspace, digits_int8):
@@ -63,14 +67,15 @@ def test_int8_digits_meets_the_accuracy_floor(workspace, digits_int8):
     assert metrics["gates_passed"] and metrics["outputs"]["logits"]["cosine_mean"] > 0.99
 
 
-def test_a_missed_gate_writes_metrics_then_fails_naming_metric_value_and_limit(workspace, digits_int8):
+def test_a_missed_gate_writes_metrics_then_fails_naming_metric_value_and_limit(workspace, digits_int8, tmp_path):
     import dataclasses
 
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn", f"builds/{digits_int8.name}")
     strict = dataclasses.replace(digits_int8.model, gates=Gates(min_cosine=0.999999))
-    ctx = dataclasses.replace(digits_int8, model=strict)
+    ctx = dataclasses.replace(digits_int8, model=strict, config=cfg)
     with pytest.raises(PipelineError, match=r"cosine_mean = 0\.\d+, limit >= 0.999999"):
         steps.validate(ctx)
-    written = read_json(build_paths(workspace, digits_int8.name).validate_metrics)
+    written = read_json(build_paths(cfg, digits_int8.name).validate_metrics)
     assert written["gates_passed"] is False and written["gate_failures"]
 
 
@@ -88,14 +93,46 @@ def test_compare_outputs_and_gates_on_known_perturbations():
 
 
 def test_benchmark_sweep_reports_percentiles_throughput_and_spread(workspace, digits_int8):
-    cfg = BenchmarkConfig(batch_sizes=[1, 4], warmup=1, iterations=8, repeats=2, max_seconds_per_batch=5.0)
+    # A time budget no machine reaches: every configured run happens, however slow the CPU.
+    cfg = BenchmarkConfig(batch_sizes=[1, 4], warmup=1, iterations=8, repeats=2, max_seconds_per_batch=600.0)
     with get_backend("onnxruntime").load(build_paths(workspace, digits_int8.name).engine_dir) as runner:
         rows = sweep(runner, lambda bs: {"input": np.zeros((bs, 1, 8, 8), np.float32)}, cfg)
     assert [r["batch_size"] for r in rows] == [1, 4]
     for row in rows:
         assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["throughput"] == pytest.approx(row["batch_size"] * 1000 / row["mean_ms"])
-        assert row["runs"] == 16 and isinstance(row["noisy"], bool)
+        assert row["runs"] == 16 and row["repeats"] == 2
+        assert row["noisy"] == (row["repeat_spread"] > cfg.spread_warning)
+
+
+def test_benchmark_stops_a_batch_at_its_time_limit(workspace, digits_int8):
+    """Past the deadline a loop stops after 3 runs (enough for a median) and no further repeat starts."""
+    cfg = BenchmarkConfig(batch_sizes=[2], warmup=1, iterations=50, repeats=5, max_seconds_per_batch=0.0)
+    with get_backend("onnxruntime").load(build_paths(workspace, digits_int8.name).engine_dir) as runner:
+        (row,) = sweep(runner, lambda bs: {"input": np.zeros((bs, 1, 8, 8), np.float32)}, cfg)
+    assert row["runs"] == 3 and row["repeats"] == 1
+
+
+class _SlowFirstRepeat(Runner):
+    """A real runner on a machine that is busy during the first timed repeat (a noisy neighbour)."""
+
+    def __init__(self, runner: Runner, warmup: int, iterations: int, delay_s: float):
+        self.runner, self.inputs, self.output_names = runner, runner.inputs, runner.output_names
+        self.calls, self.busy, self.delay_s = 0, range(warmup, warmup + iterations), delay_s
+
+    def run(self, feeds):
+        if self.calls in self.busy:
+            time.sleep(self.delay_s)
+        self.calls += 1
+        return self.runner.run(feeds)
+
+
+def test_benchmark_flags_repeats_whose_medians_disagree(workspace, digits_int8):
+    cfg = BenchmarkConfig(batch_sizes=[1], warmup=2, iterations=5, repeats=2, max_seconds_per_batch=600.0, spread_warning=0.10)
+    with get_backend("onnxruntime").load(build_paths(workspace, digits_int8.name).engine_dir) as runner:
+        noisy = _SlowFirstRepeat(runner, cfg.warmup, cfg.iterations, delay_s=0.05)
+        (row,) = sweep(noisy, lambda bs: {"input": np.zeros((bs, 1, 8, 8), np.float32)}, cfg)
+    assert row["repeat_spread"] > 1.0 and row["noisy"] is True  # 50 ms sleeps against a sub-ms model
 
 
 def test_fp32_build_validates_identically_to_its_reference(workspace, digits_model):
@@ -105,3 +142,21 @@ def test_fp32_build_validates_identically_to_its_reference(workspace, digits_mod
     metrics = steps.validate(ctx)
     assert metrics["top1_agreement"] == 1.0 and metrics["accuracy_drop"] == 0.0
     assert metrics["outputs"]["logits"]["max_abs_error"] < 1e-4
+
+
+def test_validate_refuses_a_manifest_that_names_validation_samples(workspace, digits_int8, tmp_path):
+    """The check at validate time: a calibration manifest edited (or produced) with a held-out sample."""
+    import dataclasses
+
+    from pipeline.data import load_dataset, make_splits
+    from pipeline.io import write_json
+
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn", f"builds/{digits_int8.name}")
+    manifest_path = build_paths(cfg, digits_int8.name).manifest
+    manifest = read_json(manifest_path)
+    held_out = make_splits(load_dataset("digits", digits_int8.dataset), digits_int8.dataset).validation[0]
+    manifest["samples"].append({"id": f"digits/{held_out}", "sha256": "0" * 64})
+    write_json(manifest_path, manifest)
+    with pytest.raises(PipelineError, match=rf"1 validation samples were used for calibration \(e.g. digits/{held_out}\)"):
+        steps.validate(dataclasses.replace(digits_int8, config=cfg))
+    assert not build_paths(cfg, digits_int8.name).validate_metrics.exists()

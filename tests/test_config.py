@@ -5,7 +5,6 @@ import pytest
 import yaml
 
 from pipeline.config import CONF_DIR, compose_yaml
-from pipeline.config.schema import Backend
 from pipeline.errors import PipelineError
 
 from .conftest import REPO, compose_config
@@ -32,24 +31,49 @@ def test_every_target_composes_with_each_precision_it_supports(tmp_path, target)
     allowed = [p.value for p in cfg.target[target].precisions]
     cfg = compose_config(tmp_path, f"target=[{target}]", f"precision=[{','.join(allowed)}]")
     assert {e.precision.value for e in cfg.builds.values()} == set(allowed)
-    assert cfg.target[target].backend in set(Backend)
+    assert {e.target for e in cfg.builds.values()} == {target}
+    written = yaml.safe_load((CONF_DIR / "target" / f"{target}.yaml").read_text())
+    assert cfg.target[target].backend.value == written["backend"] and allowed == written["precisions"]
+    assert cfg.target[target].quantization.format.value == written.get("quantization", {}).get("format", "ort_u8s8")
 
 
 def _options(group):
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [[f"model=[{m}]"] for m in _options("model")]
-    + [[f"calibration={c}"] for c in _options("calibration")]
-    + [[f"benchmark={b}"] for b in _options("benchmark")]
-    + [[f"precision=[{p}]", "target=[h100]"] for p in _options("precision")],
-    ids=lambda o: " ".join(o),
-)
-def test_every_group_option_composes(tmp_path, overrides):
-    cfg = compose_config(tmp_path, *overrides)
-    assert cfg.builds
+def _option_file(group: str, option: str) -> dict:
+    return yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text())
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_option_lands_in_the_matrix(tmp_path, model):
+    cfg = compose_config(tmp_path, f"model=[{model}]")
+    written = _option_file("model", model)
+    assert set(cfg.model) == {model} and {e.model for e in cfg.builds.values()} == {model}
+    assert cfg.model[model].source.value == written["source"] and cfg.model[model].dataset == written["dataset"]
+    assert [i.name for i in cfg.model[model].inputs] == [i["name"] for i in written["inputs"]]
+
+
+@pytest.mark.parametrize("option", _options("calibration"))
+def test_every_calibration_option_sets_its_method(tmp_path, option):
+    cfg = compose_config(tmp_path, f"calibration={option}")
+    written = _option_file("calibration", option)
+    assert cfg.calibration.method.value == written["method"] == option
+    assert cfg.calibration.num_samples == written["num_samples"]
+
+
+@pytest.mark.parametrize("option", _options("benchmark"))
+def test_every_benchmark_option_sets_its_sweep(tmp_path, option):
+    cfg = compose_config(tmp_path, f"benchmark={option}")
+    written = _option_file("benchmark", option)
+    assert cfg.benchmark.batch_sizes == written["batch_sizes"] and cfg.benchmark.iterations == written["iterations"]
+
+
+@pytest.mark.parametrize("precision", _options("precision"))
+def test_every_precision_option_makes_builds_of_that_precision(tmp_path, precision):
+    cfg = compose_config(tmp_path, f"precision=[{precision}]", "target=[h100]")
+    assert {e.precision.value for e in cfg.builds.values()} == {precision}
+    assert cfg.precision[precision].mode.value == _option_file("precision", precision)["mode"]
 
 
 @pytest.mark.parametrize(

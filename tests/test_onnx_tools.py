@@ -1,6 +1,7 @@
 """Export, simplify, quantize: real torch exports, real onnx-graphsurgeon, real ORT calibration."""
 from __future__ import annotations
 
+import shutil
 import struct
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from pipeline import steps
 from pipeline.backends.onnxruntime_backend import load_onnx_runner
-from pipeline.config import resolve_build
+from pipeline.config import resolve_build, resolve_model
 from pipeline.config.schema import CalibrationMethod, QuantFormat
 from pipeline.data import load_dataset, make_splits
 from pipeline.errors import PipelineError
@@ -19,11 +20,14 @@ from pipeline.onnx_tools.quantize import collect_ranges, folded_activation_input
 from pipeline.onnx_tools.simplify import simplify_file
 from pipeline.paths import build_paths, model_paths
 
+from .conftest import compose_config, private_copy
+
 
 def test_export_is_byte_deterministic_with_named_io_and_dynamic_batch(workspace, digits_model, tmp_path):
-    paths = model_paths(workspace, "digits_cnn")
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn")
+    paths = model_paths(cfg, "digits_cnn")
     first = sha256_file(paths.exported)
-    steps.export(workspace, digits_model)
+    steps.export(cfg, resolve_model(cfg, "digits_cnn"))
     assert sha256_file(paths.exported) == first
     model = onnx.load(str(paths.exported))
     assert [i.name for i in model.graph.input] == ["input"]
@@ -32,10 +36,11 @@ def test_export_is_byte_deterministic_with_named_io_and_dynamic_batch(workspace,
     assert model.opset_import[0].version == 17
 
 
-def test_prepare_is_deterministic_and_the_cnn_learned_digits(workspace, digits_model):
-    paths = model_paths(workspace, "digits_cnn")
+def test_prepare_is_deterministic_and_the_cnn_learned_digits(workspace, digits_model, tmp_path):
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn")
+    paths = model_paths(cfg, "digits_cnn")
     before = sha256_file(paths.checkpoint)
-    steps.prepare(workspace, digits_model)
+    steps.prepare(cfg, resolve_model(cfg, "digits_cnn"))
     assert sha256_file(paths.checkpoint) == before
     dataset = load_dataset("digits", digits_model.dataset)
     validation = make_splits(dataset, digits_model.dataset).validation
@@ -118,6 +123,30 @@ def test_ort_cpu_flavour_is_u8_activations_s8_weights(workspace, digits_model, t
     assert {"UINT8", "INT8"} <= types
 
 
+def test_percentile_calibration_clips_the_tails_minmax_keeps(workspace, digits_model, tmp_path):
+    import dataclasses
+
+    source = model_paths(workspace, "digits_cnn").simplified
+    dataset = load_dataset("digits", digits_model.dataset)
+    ranges = {}
+    for method in (CalibrationMethod.minmax, CalibrationMethod.percentile):
+        cfg = dataclasses.replace(workspace.calibration, method=method, percentile=99.0)
+        chunks = (feeds for _, feeds in dataset.batches(range(256), 16))
+        ranges[method] = collect_ranges(source, chunks, cfg, symmetric=True)
+    assert ranges[CalibrationMethod.minmax].keys() == ranges[CalibrationMethod.percentile].keys()
+    clipped = 0
+    for name, (low, high) in ranges[CalibrationMethod.minmax].items():
+        p_low, p_high = ranges[CalibrationMethod.percentile][name]
+        assert max(abs(p_low), abs(p_high)) <= max(abs(low), abs(high)) * (1 + 1e-6), name
+        clipped += max(abs(p_low), abs(p_high)) < 0.9 * max(abs(low), abs(high))
+    assert clipped, "the 99th percentile must cut some tensor's outliers"
+    out = tmp_path / "percentile.onnx"
+    quantize_qdq(source, out, ranges[CalibrationMethod.percentile], QuantFormat.trt_s8s8, per_channel=True, method=CalibrationMethod.percentile)
+    logits = load_onnx_runner(out, level="basic").run(dataset.load(range(32)))["logits"]
+    reference = load_onnx_runner(source).run(dataset.load(range(32)))["logits"]
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
 def test_skipping_folded_pre_activations_gives_the_same_qdq_model(workspace, digits_model, tmp_path):
     """The ranges calibration skips (Conv output -> Relu) are ones ORT's quantizer never reads."""
     source = model_paths(workspace, "digits_cnn").simplified
@@ -136,11 +165,31 @@ def test_skipping_folded_pre_activations_gives_the_same_qdq_model(workspace, dig
 
 
 def test_tensorrt_calibration_cache_is_the_native_format():
-    text = trt_calibration_cache({"input": (-1.27, 1.0), "conv_out": (0.0, 2.54)}, CalibrationMethod.entropy, 100300)
+    text = trt_calibration_cache({"input": (-1.27, 1.0), "conv_out": (0.0, 2.54)}, CalibrationMethod.entropy, "10.3.0")
     lines = text.splitlines()
     assert lines[0] == "TRT-100300-EntropyCalibration2"
     name, value = lines[2].split(": ")
     assert name == "input" and struct.unpack(">f", bytes.fromhex(value))[0] == pytest.approx(0.01)
+    assert trt_calibration_cache({}, CalibrationMethod.minmax, "10.14.1").splitlines()[0] == "TRT-101401-MinMaxCalibration"
+
+
+@pytest.mark.parametrize("target, header", [("jetson_orin", "TRT-100300-MinMaxCalibration"), ("h100", None), ("cpu", None)])
+def test_calibration_cache_is_written_for_tensorrt_10_targets_with_their_version(workspace, digits_model, tmp_path, target, header):
+    """TensorRT compares the header's version with its own: the cache carries the target's release,
+    and TensorRT 11 targets (no calibrators) and ONNX Runtime get none."""
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"target=[{target}]", "precision=[int8]",
+                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+    simplified = model_paths(cfg, "digits_cnn").simplified
+    simplified.parent.mkdir(parents=True)
+    shutil.copy(model_paths(workspace, "digits_cnn").simplified, simplified)
+    ctx = resolve_build(cfg, f"digits_cnn-{target}-int8")
+    steps.calibrate(ctx)
+    cache = build_paths(cfg, ctx.name).calibrated_dir / "calibration.cache"
+    if header is None:
+        assert not cache.exists()
+    else:
+        lines = cache.read_text().splitlines()
+        assert lines[0] == header and len(lines) > 5 and all(": " in line for line in lines[1:])
 
 
 def test_calibrate_stage_writes_manifest_qdq_model_and_cache(workspace, digits_int8):
@@ -151,16 +200,16 @@ def test_calibrate_stage_writes_manifest_qdq_model_and_cache(workspace, digits_i
     assert report["qdq"]["quantize_linear"] > 0 and report["num_samples"] == 500
     assert not [key for key in report if key.endswith("_seconds")], "durations belong in the metrics file"
     assert {"statistics_seconds", "quantize_seconds"} <= set(read_json(paths.calibrate_metrics))
-    assert (paths.calibrated_dir / "calibration.cache").read_text().startswith("TRT-")
     validation_ids = {f"digits/{i}" for i in make_splits(load_dataset("digits", digits_int8.dataset), digits_int8.dataset).validation}
     assert not validation_ids & {s["id"] for s in manifest["samples"]}
 
 
-def test_recalibrating_gives_the_same_bytes(workspace, digits_int8):
+def test_recalibrating_gives_the_same_bytes(workspace, digits_int8, tmp_path):
     """Unchanged inputs, unchanged artifact: DVC then skips the build after a calibrate rerun."""
-    folder = build_paths(workspace, digits_int8.name).calibrated_dir
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn", f"builds/{digits_int8.name}")
+    folder = build_paths(cfg, digits_int8.name).calibrated_dir
     before = {f.name: f.read_bytes() for f in folder.iterdir()}
-    steps.calibrate(digits_int8)
+    steps.calibrate(resolve_build(cfg, digits_int8.name))
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
 
 
@@ -170,7 +219,6 @@ def test_too_few_calibration_samples_fails_without_leaving_artifacts(workspace, 
     ctx = resolve_build(workspace, "digits_cnn-cpu-int8")
     cfg = dataclasses.replace(workspace, artifacts_dir=str(tmp_path / "a"), calibration=dataclasses.replace(workspace.calibration, num_samples=5000))
     (tmp_path / "a" / "models" / "digits_cnn").mkdir(parents=True)
-    import shutil
 
     shutil.copy(model_paths(workspace, "digits_cnn").simplified, tmp_path / "a" / "models" / "digits_cnn" / "simplified.onnx")
     with pytest.raises(PipelineError, match="calibration.num_samples=5000"):

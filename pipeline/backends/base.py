@@ -6,7 +6,7 @@ artifact folder (engine file + sidecar JSON), ``Backend.load`` returns a ``Runne
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
@@ -30,7 +30,6 @@ class BuildRequest:
     model: ModelConfig
     precision: str
     config_hash: str
-    extra: Dict[str, object] = field(default_factory=dict)
 
 
 class Runner(abc.ABC):

@@ -106,7 +106,7 @@ class OnnxRuntimeBackend(Backend):
             shutil.copyfile(request.onnx_path, artifact)
             inputs, outputs = _specs_from_onnx(artifact)
         else:
-            options = session_options(request.target.build.intra_op_threads, request.target.build.graph_optimization_level)
+            options = session_options(request.target.build.intra_op_threads, request.target.build.graph_optimization_level.value)
             options.optimized_model_filepath = str(artifact)
             try:
                 session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
@@ -120,7 +120,7 @@ class OnnxRuntimeBackend(Backend):
             "device": request.target.device.value,
             "target": request.target_name,
             "precision": request.precision,
-            "graph_optimization_level": request.target.build.graph_optimization_level,
+            "graph_optimization_level": request.target.build.graph_optimization_level.value,
             "config_hash": request.config_hash,
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(artifact),

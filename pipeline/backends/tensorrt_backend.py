@@ -1,10 +1,10 @@
 """TensorRT (10.x, 11.x) and TensorRT-RTX behind the build/load/run interface, one code path.
 
-Both libraries expose the same strongly typed builder API; they differ in module name, in how the
+Both libraries expose the same strongly typed builder API; they differ in module name and in how the
 target GPU is named at build time (TensorRT-RTX builds ahead of time for a compute capability, so
-it runs on a machine with no GPU), and in what TensorRT <= 10 still allows (implicit INT8
-calibration). Precision always comes from the ONNX (Q/DQ or AutoCast), never from builder flags,
-and is checked on the parsed network before building and in the engine inspector after.
+it runs on a machine with no GPU). Precision always comes from the ONNX (Q/DQ or AutoCast), never
+from builder flags or calibrators (TensorRT 11 has neither; 10 still accepts the strongly typed
+Q/DQ path), and is checked on the parsed network before building and in the engine inspector after.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..config.schema import TargetConfig, TensorSpec
+from ..config.schema import HardwareCompatibility, TargetConfig, TensorSpec
 from ..errors import PipelineError
 from ..io import atomic_path, sha256_bytes, sha256_file, write_json, write_text
 from .base import SIDECAR, Backend, BuildRequest, Runner
@@ -49,15 +49,6 @@ def import_tensorrt(rtx: bool):
         )
         raise PipelineError(f"target needs the {_library_name(rtx)} Python module, which is not importable here ({exc}); {hint}") from None
     return trt
-
-
-def major_version(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
-def supports_implicit_calibration(trt, rtx: bool) -> bool:
-    """TensorRT <= 10 still has IInt8Calibrator and BuilderFlag.INT8; 11 and TensorRT-RTX do not."""
-    return not rtx and major_version(trt) <= 10
 
 
 def parse_onnx(trt, onnx_path: Path):
@@ -111,13 +102,13 @@ def check_precision(found: dict, precision: str, where: str) -> None:
 def _profile_shapes(network, request: BuildRequest) -> List[dict]:
     """min/opt/max per dynamic input axis from the model's profiles (axis 0 is 'batch')."""
     profiles = []
-    for profile in request.model.profiles:
+    for configured in request.model.profiles:
         shapes = {}
         for index in range(network.num_inputs):
             tensor = network.get_input(index)
             dims = list(tensor.shape)
             chosen = {}
-            for which, values in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
+            for which, values in (("min", configured.min), ("opt", configured.opt), ("max", configured.max)):
                 shape = []
                 for axis, dim in enumerate(dims):
                     if dim >= 0:
@@ -136,20 +127,22 @@ def _profile_shapes(network, request: BuildRequest) -> List[dict]:
     return profiles
 
 
-def _configure(trt, builder, target: TargetConfig, rtx: bool, timing_cache: bytes):
+def _configure(trt, builder, target: TargetConfig, rtx: bool):
     settings = target.build
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
     config.builder_optimization_level = settings.builder_optimization_level
-    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, settings.profiling_verbosity.upper())
-    if settings.hardware_compatibility != "none":
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, settings.hardware_compatibility.upper())
+    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, settings.profiling_verbosity.value.upper())
+    if settings.hardware_compatibility != HardwareCompatibility.none:
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, settings.hardware_compatibility.value.upper())
     if settings.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if rtx and target.compute_capability:
         _set_rtx_compute_capability(trt, config, target.compute_capability)
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, False)
+    cache = None
+    if not rtx:  # TensorRT-RTX times nothing at build time: its timing-cache calls are no-ops
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
     return config, cache
 
 
@@ -161,30 +154,6 @@ def _set_rtx_compute_capability(trt, config, compute_capability: str) -> None:  
         raise PipelineError(f"TensorRT-RTX cannot build for compute capability {compute_capability}; it supports {allowed}")
     config.num_compute_capabilities = 1
     config.set_compute_capability(getattr(trt.ComputeCapability, sm), 0)
-
-
-def _attach_implicit_calibrator(trt, config, request: BuildRequest) -> None:  # TensorRT <= 10 only
-    """Weakly typed INT8 from the FP32 ONNX with a calibrator replaying the calibrate stage's cache."""
-    cache_path = Path(str(request.extra["calibration_cache"]))
-
-    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            super().__init__()
-
-        def get_batch_size(self):
-            return 1
-
-        def get_batch(self, names):
-            return None  # everything comes from the cache written by the calibrate stage
-
-        def read_calibration_cache(self):
-            return cache_path.read_bytes()
-
-        def write_calibration_cache(self, cache):
-            pass
-
-    config.set_flag(trt.BuilderFlag.INT8)
-    config.int8_calibrator = CacheCalibrator()
 
 
 def inspect_engine(trt, plan: bytes) -> Optional[dict]:
@@ -201,9 +170,9 @@ def inspection_precisions(inspection: dict) -> dict:
     """Tensor types named in the inspector's per-layer JSON (e.g. 'Int8', 'Half'), as trt.DataType names."""
     names = {"Int8": "INT8", "Half": "HALF", "Float": "FLOAT", "BFloat16": "BF16", "FP8": "FP8", "Int32": "INT32"}
     dtypes: Counter = Counter()
-    for layer in inspection.get("Layers", []):
-        for tensor in layer.get("Inputs", []) + layer.get("Outputs", []) if isinstance(layer, dict) else []:
-            fmt = str(tensor.get("Format/Datatype", ""))
+    for entry in inspection.get("Layers", []):  # JSON dicts, not TensorRT objects
+        for io in entry.get("Inputs", []) + entry.get("Outputs", []) if isinstance(entry, dict) else []:
+            fmt = str(io.get("Format/Datatype", ""))
             for key, value in names.items():
                 if key in fmt:
                     dtypes[value] += 1
@@ -221,22 +190,11 @@ class TensorRTBackend(Backend):
     def build(self, request: BuildRequest) -> dict:
         trt = import_tensorrt(self.rtx)
         out = Path(request.out_dir)
-        implicit = request.extra.get("calibration_mode") == "implicit"
-        if implicit and not supports_implicit_calibration(trt, self.rtx):
-            raise PipelineError(
-                f"calibration.mode=implicit needs TensorRT <= 10 (IInt8Calibrator was removed in 11); "
-                f"this is {self.name} {trt.__version__}. Use calibration.mode=explicit (Q/DQ in the ONNX)"
-            )
         builder, network, _parser, _logger = parse_onnx(trt, request.onnx_path)
         found = network_precisions(network)
-        if not implicit:
-            check_precision(found, request.precision, "parsed network")
+        check_precision(found, request.precision, "parsed network")
         write_json(out / NETWORK_REPORT, found)
-        seed_cache = Path(str(request.extra["timing_cache"])) if request.extra.get("timing_cache") else None
-        cache_bytes = seed_cache.read_bytes() if seed_cache and seed_cache.is_file() else b""
-        config, cache = _configure(trt, builder, request.target, self.rtx, cache_bytes)
-        if implicit:
-            _attach_implicit_calibrator(trt, config, request)
+        config, cache = _configure(trt, builder, request.target, self.rtx)
         profiles = _profile_shapes(network, request)
         for shapes in profiles:
             profile = builder.create_optimization_profile()
@@ -249,9 +207,11 @@ class TensorRTBackend(Backend):
         plan_bytes = bytes(plan)
         with atomic_path(out / PLAN) as tmp:
             tmp.write_bytes(plan_bytes)
-        cache_out = bytes(cache.serialize())
-        with atomic_path(out / TIMING_CACHE) as tmp:
-            tmp.write_bytes(cache_out)
+        cache_out = None
+        if cache is not None:  # the tactic timings, reusable by trtexec --timingCacheFile
+            cache_out = bytes(cache.serialize())
+            with atomic_path(out / TIMING_CACHE) as tmp:
+                tmp.write_bytes(cache_out)
         inspected = None
         if gpu_compute_capability() == request.target.compute_capability:
             inspection = inspect_engine(trt, plan_bytes)
@@ -266,11 +226,10 @@ class TensorRTBackend(Backend):
             "compute_capability": request.target.compute_capability,
             "target": request.target_name,
             "precision": request.precision,
-            "calibration_mode": "implicit" if implicit else "explicit",
             "config_hash": request.config_hash,
             "onnx_sha256": sha256_file(request.onnx_path),
             "plan_sha256": sha256_bytes(plan_bytes),
-            "timing_cache_sha256": sha256_bytes(cache_out),
+            "timing_cache_sha256": sha256_bytes(cache_out) if cache_out is not None else None,
             "profiles": profiles,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": numpy_dtype_name(trt, t.dtype)} for t in map(network.get_input, range(network.num_inputs))],
             "outputs": [network.get_output(i).name for i in range(network.num_outputs)],

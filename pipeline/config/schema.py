@@ -49,16 +49,30 @@ class CalibrationMethod(str, Enum):
     percentile = "percentile"
 
 
-class CalibrationMode(str, Enum):
-    explicit = "explicit"  # Q/DQ in the ONNX: TensorRT 10 and 11, ONNX Runtime
-    implicit = "implicit"  # TensorRT <= 10 calibrator on the FP32 ONNX
-
-
 class ModelSource(str, Enum):
     digits_cnn = "digits_cnn"  # small CNN trained here on scikit-learn's digits
     torchvision = "torchvision"  # architecture by name; random weights unless weights_path
     hf_transformer = "hf_transformer"  # Hugging Face encoder from a local directory, mean-pooled
     onnx = "onnx"  # bring-your-own ONNX file
+
+
+class GraphOptimizationLevel(str, Enum):
+    disabled = "disabled"
+    basic = "basic"
+    extended = "extended"
+    all = "all"
+
+
+class ProfilingVerbosity(str, Enum):  # TensorRT's ProfilingVerbosity members, lower case
+    none = "none"
+    layer_names_only = "layer_names_only"
+    detailed = "detailed"
+
+
+class HardwareCompatibility(str, Enum):  # TensorRT's HardwareCompatibilityLevel members, lower case
+    none = "none"
+    ampere_plus = "ampere_plus"
+    same_compute_capability = "same_compute_capability"
 
 
 class DatasetSource(str, Enum):
@@ -152,14 +166,14 @@ class QuantizationConfig:
 
 @dataclass
 class BuildSettings:
-    # ONNX Runtime: optimization level baked in offline (basic|extended|all).
-    graph_optimization_level: str = "extended"
+    # ONNX Runtime: optimization level baked in offline.
+    graph_optimization_level: GraphOptimizationLevel = GraphOptimizationLevel.extended
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
     # TensorRT / TensorRT-RTX
     builder_optimization_level: int = 3
     workspace_mib: int = 4096
-    profiling_verbosity: str = "detailed"  # none|layer_names_only|detailed
-    hardware_compatibility: str = "none"  # none|ampere_plus|same_compute_capability
+    profiling_verbosity: ProfilingVerbosity = ProfilingVerbosity.detailed
+    hardware_compatibility: HardwareCompatibility = HardwareCompatibility.none
     version_compatible: bool = False
 
 
@@ -172,7 +186,12 @@ class TargetConfig:
     precisions: List[Precision] = field(default_factory=lambda: [Precision.fp32])
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     build: BuildSettings = field(default_factory=BuildSettings)
-    tensorrt_major: Optional[int] = None  # the TensorRT line this target ships with (10 or 11)
+    # The TensorRT release this target ships with, e.g. "10.3.0" (JetPack 6); null for TensorRT-RTX.
+    tensorrt_version: Optional[str] = None
+
+    @property
+    def tensorrt_major(self) -> Optional[int]:
+        return int(self.tensorrt_version.split(".")[0]) if self.tensorrt_version else None
 
 
 @dataclass
@@ -207,7 +226,6 @@ class SearchConfig:
 @dataclass
 class CalibrationConfig:
     method: CalibrationMethod = CalibrationMethod.minmax
-    mode: CalibrationMode = CalibrationMode.explicit
     num_samples: int = 500
     seed: int = 0
     batch_size: int = 16  # samples per statistics pass: bounds peak memory

@@ -102,7 +102,7 @@ def _train(model, cfg: ModelConfig, dataset: Dataset, splits: Splits, progress: 
             loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         scheduler.step()
         progress(f"epoch {epoch + 1}/{cfg.train.epochs} loss {total / len(order):.4f}")
     model.eval()

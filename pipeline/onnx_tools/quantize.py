@@ -223,13 +223,19 @@ def quantize_qdq(
         onnx.save(model, str(tmp))
 
 
-def trt_calibration_cache(ranges: Dict[str, tuple], method: CalibrationMethod, trt_version: int) -> str:
+def trt_version_number(version: str) -> int:
+    """TensorRT's integer version, as in its calibration-cache header: "10.3.0" -> 100300."""
+    major, minor, patch = (list(map(int, version.split(".")[:3])) + [0, 0])[:3]
+    return major * 10000 + minor * 100 + patch
+
+
+def trt_calibration_cache(ranges: Dict[str, tuple], method: CalibrationMethod, trt_version: str) -> str:
     """TensorRT's native calibration cache: header line, then ``tensor: <scale as big-endian float32 hex>``.
 
-    Scale is amax / 127 for symmetric INT8. ``trt_version`` is TensorRT's integer version
-    (e.g. 100300 for 10.3.0), which TensorRT compares on load.
+    Scale is amax / 127 for symmetric INT8. The header carries the integer version of the TensorRT
+    release that will read it (TensorRT compares it on load, so it must be the target's own).
     """
-    lines = [f"TRT-{trt_version}-{_TRT_CACHE_ALGORITHM[method]}"]
+    lines = [f"TRT-{trt_version_number(trt_version)}-{_TRT_CACHE_ALGORITHM[method]}"]
     for name in sorted(ranges):
         low, high = ranges[name]
         scale = max(abs(low), abs(high), 1e-12) / 127.0

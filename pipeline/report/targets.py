@@ -11,7 +11,7 @@ Generated from `conf/target/*.yaml` by `python -m pipeline.report.targets` (a te
 file is stale). A target fixes the engine library, the device, the precisions it can run (others are
 refused when the config is composed), the Q/DQ flavour calibrate writes for it, and its build settings.
 
-| target | backend | device | compute capability | TensorRT line | precisions | Q/DQ flavour |
+| target | backend | device | compute capability | TensorRT release | precisions | Q/DQ flavour |
 |---|---|---|---|---|---|---|
 """
 
@@ -25,7 +25,7 @@ def render(conf_dir: Path) -> str:
         flavour = quant.get("format", "") + (", per-channel" if quant.get("per_channel") else "") + (", 7-bit weights" if quant.get("reduce_range") else "")
         rows.append(
             f"| `{name}` | {target['backend']} | {target['device']} | {target.get('compute_capability') or '-'} "
-            f"| {target.get('tensorrt_major') or '-'} | {', '.join(target['precisions'])} | {flavour} |"
+            f"| {target.get('tensorrt_version') or '-'} | {', '.join(target['precisions'])} | {flavour} |"
         )
         build = ", ".join(f"`{k}={v}`" for k, v in target.get("build", {}).items())
         settings.append(f"- `{name}` ({target.get('description', '')}): {build}")

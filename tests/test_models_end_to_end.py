@@ -1,0 +1,94 @@
+"""The models the README promises, end to end on the embedded default (ONNX Runtime, CPU):
+resnet18 from the default matrix and the real pretrained MiniLM at fp32 and INT8, through every
+stage function a `dvc repro` runs, report included."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import steps
+from pipeline.config import resolve_build, resolve_model
+from pipeline.io import read_json
+from pipeline.paths import build_paths
+from pipeline.report.summary import write_report
+
+from .conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def _run_all(cfg, model: str) -> dict:
+    """prepare -> ... -> benchmark for every build of ``model``, then the report; returns the metrics."""
+    ctx = resolve_model(cfg, model)
+    for step in (steps.prepare, steps.export, steps.simplify):
+        step(cfg, ctx)
+    results = {}
+    for name in sorted(cfg.builds):
+        build = resolve_build(cfg, name)
+        steps.calibrate(build)
+        steps.build(build)
+        results[build.precision_name] = {"validate": steps.validate(build), "benchmark": steps.benchmark(build)}
+    reports = Path(cfg.artifacts_dir).parent / "reports"
+    results["report_rows"] = write_report(cfg, reports / "summary.md", reports / "summary.json", reports / "plot.json")
+    results["report"] = (reports / "summary.md").read_text()
+    return results
+
+
+def _config(tmp_path, model: str):
+    return compose_config(tmp_path, f"model=[{model}]", "benchmark=quick", f"artifacts_dir={tmp_path / 'a'}",
+                          f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+
+
+@pytest.fixture(scope="module")
+def resnet18(tmp_path_factory):
+    cfg = _config(tmp_path_factory.mktemp("resnet18"), "resnet18")
+    return cfg, _run_all(cfg, "resnet18")
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    cfg = _config(tmp_path_factory.mktemp("minilm"), "minilm")
+    return cfg, _run_all(cfg, "minilm")
+
+
+def test_resnet18_int8_passes_its_gates_and_is_benchmarked(resnet18):
+    cfg, results = resnet18
+    gates = cfg.model["resnet18"].gates
+    int8 = results["int8"]["validate"]
+    assert int8["gates_passed"] and int8["top1_agreement"] >= gates.min_top1_agreement and int8["cosine_mean"] >= gates.min_cosine
+    assert "accuracy" not in int8, "photo crops have no labels: no accuracy is invented"
+    assert results["fp32"]["validate"]["top1_agreement"] == 1.0
+    for precision in ("fp32", "int8"):
+        rows = results[precision]["benchmark"]
+        assert [r["batch_size"] for r in rows] == cfg.benchmark.batch_sizes and all(r["throughput"] > 0 for r in rows)
+    report = read_json(build_paths(cfg, "resnet18-cpu-int8").calibrated_dir / "report.json")
+    assert report["num_samples"] == 500 and report["qdq"]["quantize_linear"] > 20
+
+
+def test_resnet18_report_has_both_precisions(resnet18):
+    _, results = resnet18
+    assert "## resnet18 on cpu" in results["report"] and "top-1 agreement" in results["report"]
+    assert {r["precision"] for r in results["report_rows"]} == {"fp32", "int8"}
+
+
+def test_minilm_int8_meets_cosine_and_retrieval_gates_through_the_search(minilm):
+    cfg, results = minilm
+    gates = cfg.model["minilm"].gates
+    int8 = results["int8"]["validate"]
+    assert int8["gates_passed"], int8["gate_failures"]
+    assert int8["cosine_mean"] >= gates.min_cosine and int8["retrieval_agreement"] >= gates.min_retrieval_agreement
+    assert "top1_agreement" not in int8, "an embedding has no classes"
+    search = read_json(build_paths(cfg, "minilm-cpu-int8").calibrated_dir / "search.json")
+    last = search["steps"][-1]
+    assert not last["gate_failures"] and len(last["excluded"]) <= cfg.calibration.search.max_excluded
+    kept = read_json(build_paths(cfg, "minilm-cpu-int8").calibrated_dir / "exclusions.json")
+    assert kept == last["excluded"] and all("MatMul" in node or "Gemm" in node for node in kept)
+
+
+def test_report_for_an_embedding_model_shows_retrieval_agreement(minilm):
+    _, results = minilm
+    report = results["report"]
+    assert "## minilm on cpu" in report and "| precision | accuracy % | retrieval agreement |" in report
+    int8 = next(r for r in results["report_rows"] if r["precision"] == "int8")
+    assert int8["agreement"] == results["int8"]["validate"]["retrieval_agreement"] and int8["top1_agreement"] is None
