@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.config.schema import DatasetConfig, DatasetSource
-from pipeline.data import Splits, calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
+from pipeline.data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
 from pipeline.errors import PipelineError
 
 DIGITS = DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=497)
@@ -76,4 +76,5 @@ def test_invalid_split_size_is_refused():
     dataset = load_dataset("digits", DIGITS)
     with pytest.raises(PipelineError, match="num_validation=1797 must be between 1 and 1796"):
         make_splits(dataset, DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=1797))
-    assert isinstance(make_splits(dataset, DIGITS), Splits)
+    with pytest.raises(PipelineError, match="num_validation=0 must be between 1 and 1796"):
+        make_splits(dataset, DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=0))
