@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -55,9 +56,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def _finite(data: Any) -> Any:
+    """NaN/Inf -> null: JSON has no such numbers, and tools reading metrics reject Python's."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
 def canonical_json(data: Any) -> str:
-    """Stable JSON text: sorted keys, fixed separators, trailing newline."""
-    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    """Stable, standard JSON text: sorted keys, fixed separators, trailing newline, no NaN."""
+    return json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

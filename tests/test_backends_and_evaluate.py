@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.benchmark import sweep
 from pipeline.evaluate.validate import check_gates, compare_outputs
 from pipeline.io import read_json, sha256_file
-from pipeline.paths import build_paths
+from pipeline.paths import build_paths, model_paths
 
 from .conftest import private_copy
 
@@ -160,3 +160,81 @@ def test_validate_refuses_a_manifest_that_names_validation_samples(workspace, di
     with pytest.raises(PipelineError, match=rf"1 validation samples were used for calibration \(e.g. digits/{held_out}\)"):
         steps.validate(dataclasses.replace(digits_int8, config=cfg))
     assert not build_paths(cfg, digits_int8.name).validate_metrics.exists()
+
+
+def _broken_copy(workspace, tmp_path, break_engine):
+    """A private copy of the digits builds whose engine (not the reference) has its Gemm rewritten."""
+    import onnx
+    from onnx import numpy_helper
+
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn")
+    ctx = resolve_build(cfg, "digits_cnn-cpu-fp32")
+    steps.calibrate(ctx)
+    calibrated = build_paths(cfg, ctx.name).calibrated
+    model = onnx.load(str(calibrated))
+    (gemm,) = [n for n in model.graph.node if n.op_type == "Gemm"]
+    for init in model.graph.initializer:
+        if init.name in gemm.input[1:]:
+            init.CopyFrom(numpy_helper.from_array(break_engine(numpy_helper.to_array(init).copy()), init.name))
+    onnx.save(model, str(calibrated))
+    steps.build(ctx)
+    return cfg, ctx
+
+
+def test_an_engine_that_outputs_zeros_fails_validation(workspace, digits_model, tmp_path):
+    cfg, ctx = _broken_copy(workspace, tmp_path, lambda array: np.zeros_like(array))
+    with pytest.raises(PipelineError, match=r"output 'logits' of the candidate is the same for all 497 samples; the FP32 reference's is not"):
+        steps.validate(ctx)
+    written = read_json(build_paths(cfg, ctx.name).validate_metrics)
+    assert written["gates_passed"] is False and written["cosine_mean"] == 0.0  # zero rows share no direction
+
+
+def test_nan_outputs_fail_validation_and_metrics_stay_standard_json(workspace, digits_model, tmp_path):
+    import json
+
+    def poison(array):
+        array.flat[0] = np.nan
+        return array
+
+    cfg, ctx = _broken_copy(workspace, tmp_path, poison)
+    with pytest.raises(PipelineError, match=r"output 'logits' of the candidate has \d+ NaN/Inf values"):
+        steps.validate(ctx)
+    text = build_paths(cfg, ctx.name).validate_metrics.read_text()
+    written = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert written["cosine_mean"] is None and written["gates_passed"] is False
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN axis encountered:RuntimeWarning")  # ORT's calibrator, on purpose
+def test_an_fp32_reference_with_nan_weights_fails_validation_and_calibration(workspace, digits_model, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn")
+    simplified = model_paths(cfg, "digits_cnn").simplified
+    model = onnx.load(str(simplified))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    for init in model.graph.initializer:
+        if init.name == conv.input[2]:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+    onnx.save(model, str(simplified))
+    fp32 = resolve_build(cfg, "digits_cnn-cpu-fp32")
+    steps.calibrate(fp32)
+    steps.build(fp32)
+    with pytest.raises(PipelineError, match=r"output 'logits' of the FP32 reference has \d+ NaN/Inf values"):
+        steps.validate(fp32)
+    with pytest.raises(PipelineError, match=r"saw NaN/Inf in \d+ tensors"):
+        steps.calibrate(resolve_build(cfg, "digits_cnn-cpu-int8"))
+    assert not build_paths(cfg, "digits_cnn-cpu-int8").calibrated_dir.exists()
+
+
+def test_row_cosine_and_gates_have_no_blind_spots():
+    from pipeline.similarity import row_cosine
+
+    ones, zeros = np.ones((1, 4)), np.zeros((1, 4))
+    assert row_cosine(ones, zeros)[0] == 0.0 and row_cosine(zeros, ones)[0] == 0.0
+    assert row_cosine(zeros, zeros)[0] == 1.0 and row_cosine(ones, -ones)[0] == -1.0
+    assert np.isnan(row_cosine(np.array([[np.nan, 1.0]]), np.ones((1, 2)))[0])
+    assert np.isnan(row_cosine(np.ones((1, 2)), np.array([[np.inf, 1.0]]))[0])
+    failures = check_gates({"cosine_mean": float("nan"), "top1_agreement": 1.0}, Gates(min_cosine=0.9, min_top1_agreement=0.5))
+    assert failures == ["cosine_mean = nan (outputs not finite), limit >= 0.9"]
+    assert check_gates({"output_problems": ["broken"], "cosine_mean": 1.0}, Gates()) == ["broken"]

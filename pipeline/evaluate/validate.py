@@ -8,7 +8,7 @@ import numpy as np
 from ..config.schema import Gates, Task
 from ..data import Dataset
 from ..backends import Runner
-from ..similarity import row_cosine
+from ..similarity import output_problems, row_cosine
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, float]:
@@ -17,7 +17,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, f
     candidate = candidate.astype(np.float64)
     cosine = row_cosine(reference, candidate)
     difference = candidate - reference
-    return {
+    return {  # NaN where an output is not finite: written as null, and no gate passes on it
         "cosine_mean": float(cosine.mean()),
         "cosine_min": float(cosine.min()),
         "max_abs_error": float(np.abs(difference).max()),
@@ -78,11 +78,13 @@ def evaluate(
         for name, value in want.items():
             references.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
         on_batch(len(chunk))
-    per_output = {}
+    per_output, problems = {}, []
     for name in candidate.output_names:
         if name not in references:
             continue
-        per_output[name] = compare_outputs(np.concatenate(references[name]), np.concatenate(outputs[name]))
+        want, got = np.concatenate(references[name]), np.concatenate(outputs[name])
+        per_output[name] = compare_outputs(want, got)
+        problems += output_problems(name, got, want)
     main_output = candidate.output_names[0]
     got_logits = np.concatenate(outputs[main_output])
     want_logits = np.concatenate(references[main_output])
@@ -91,6 +93,7 @@ def evaluate(
         "cosine_mean": per_output[main_output]["cosine_mean"],
         "cosine_min": per_output[main_output]["cosine_min"],
         "outputs": per_output,
+        "output_problems": problems,
     }
     if task == Task.embedding:
         metrics.update(retrieval_agreement(want_logits, got_logits))
@@ -105,8 +108,9 @@ def evaluate(
 
 
 def check_gates(metrics: dict, gates: Gates) -> List[str]:
-    """One message per missed gate, naming the metric, its value and the limit."""
-    failures = []
+    """One message per missed gate, naming the metric, its value and the limit; broken outputs
+    (NaN/Inf, constant) fail whatever the gates are."""
+    failures = list(metrics.get("output_problems", []))
 
     def check(metric: str, limit: Optional[float], ok: Callable[[float, float], bool], relation: str) -> None:
         if limit is None:
@@ -114,6 +118,8 @@ def check_gates(metrics: dict, gates: Gates) -> List[str]:
         value = metrics.get(metric)
         if value is None:
             failures.append(f"{metric}: not measured (no labels?), limit {relation} {limit}")
+        elif not np.isfinite(value):
+            failures.append(f"{metric} = {value} (outputs not finite), limit {relation} {limit}")
         elif not ok(value, limit):
             failures.append(f"{metric} = {value:.4f}, limit {relation} {limit}")
 

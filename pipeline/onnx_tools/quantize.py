@@ -134,6 +134,12 @@ def collect_ranges(
             on_chunk(len(next(iter(feeds.values()))))
         tensors = calibrator.compute_data()
     ranges = {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
+    broken = sorted(name for name, (low, high) in ranges.items() if not (np.isfinite(low) and np.isfinite(high)))
+    if broken:
+        raise PipelineError(
+            f"calibration of {model_path} saw NaN/Inf in {len(broken)} tensors (first: {broken[:3]}): the FP32 model "
+            "itself produces non-finite values on the calibration data (check its weights); nothing can be quantized from that"
+        )
     for name, activation_output in folded.items():
         if activation_output in ranges:
             ranges[name] = ranges[activation_output]  # a stand-in: the quantizer never reads it

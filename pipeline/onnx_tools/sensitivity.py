@@ -135,7 +135,8 @@ def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np
             onnx.save(model, str(Path(tmp) / "m.onnx"))
             session = create_session(Path(tmp) / "m.onnx", level="basic")
             values = [row_cosine(session.run([output], feeds)[0], want) for feeds, want in zip(feeds_list, reference)]
-            return float(np.concatenate(values).mean())
+            # A non-finite output agrees with nothing: rank it as the worst, never as NaN.
+            return float(np.nan_to_num(np.concatenate(values), nan=-1.0).mean())
 
     baseline = mean_cosine(qdq)
     ranked = []
