@@ -217,7 +217,7 @@ def build(ctx: BuildContext) -> dict:
     with atomic_dir(paths.engine_dir) as out:
         request = BuildRequest(
             onnx_path=source, out_dir=out, target_name=ctx.entry.target, target=ctx.target, model=ctx.model,
-            precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()),
+            precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()), build_name=ctx.name,
         )
         sidecar = backend.build(request)
     return sidecar
@@ -236,7 +236,7 @@ def validate(ctx: BuildContext) -> dict:
         raise PipelineError(f"{len(overlap)} validation samples were used for calibration (e.g. {sorted(overlap)[0]}); the splits must be disjoint")
     backend = get_backend(ctx.target.backend)
     reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
-    with backend.load(paths.engine_dir) as runner, progress_bar() as progress:
+    with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner, progress_bar() as progress:
         task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
         metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, on_batch=lambda n: progress.advance(task, n))
     failures = check_gates(metrics, ctx.model.gates)
@@ -267,11 +267,11 @@ def benchmark(ctx: BuildContext) -> list:
 
         rows = []
         for batch_size in cfg.benchmark.batch_sizes:
-            make_runner = lambda: backend.load(paths.engine_dir, cuda_graph=cfg.benchmark.cuda_graph)  # noqa: E731
+            make_runner = lambda: backend.load(paths.engine_dir, cuda_graph=cfg.benchmark.cuda_graph, expect=ctx.artifact_identity())  # noqa: E731
             rows.append(gpu_benchmark_batch(make_runner, feeds(batch_size), batch_size, cfg.benchmark))
             report(rows[-1])
     else:
-        with backend.load(paths.engine_dir, threads=cfg.benchmark.threads) as runner:
+        with backend.load(paths.engine_dir, threads=cfg.benchmark.threads, expect=ctx.artifact_identity()) as runner:
             rows = sweep(runner, feeds, cfg.benchmark, on_row=report)
     write_json(paths.benchmark_metrics, {f"batch_{row['batch_size']}": row for row in rows})
     write_json(paths.latency_plot, [{"build": ctx.name, **row} for row in rows])

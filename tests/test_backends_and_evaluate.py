@@ -59,6 +59,36 @@ def test_loading_an_artifact_from_another_backend_or_version_is_refused(workspac
         get_backend("onnxruntime").load(engine)
 
 
+def test_load_refuses_an_engine_copied_over_another_or_corrupted(workspace, digits_int8, tmp_path):
+    """The FP32 engine folder copied over the INT8 one, a swapped model file, a broken sidecar."""
+    import shutil
+
+    cfg = private_copy(workspace, tmp_path, "models/digits_cnn", f"builds/{digits_int8.name}")
+    fp32 = resolve_build(cfg, "digits_cnn-cpu-fp32")
+    steps.calibrate(fp32)
+    steps.build(fp32)
+    int8 = resolve_build(cfg, digits_int8.name)
+    int8_engine, fp32_engine = build_paths(cfg, int8.name).engine_dir, build_paths(cfg, fp32.name).engine_dir
+    shutil.rmtree(int8_engine)
+    shutil.copytree(fp32_engine, int8_engine)
+    with pytest.raises(PipelineError, match=r"holds the artifact of build 'digits_cnn-cpu-fp32' .*not the expected build 'digits_cnn-cpu-int8'"):
+        steps.validate(int8)
+    with pytest.raises(PipelineError, match="not the expected build 'digits_cnn-cpu-int8'"):
+        steps.benchmark(int8)
+    steps.build(int8)
+    shutil.copy(fp32_engine / "model.onnx", int8_engine / "model.onnx")
+    with pytest.raises(PipelineError, match=r"model.onnx is not the file that was built \(sha256 .*replaced or corrupted"):
+        steps.validate(int8)
+    steps.build(int8)
+    (int8_engine / "sidecar.json").write_text('{"backend": "onnxruntime", ')
+    with pytest.raises(PipelineError, match=r"malformed artifact sidecar .*sidecar.json: Expecting"):
+        steps.validate(int8)
+    (int8_engine / "sidecar.json").write_text('{"backend": "onnxruntime"}')
+    with pytest.raises(PipelineError, match=r"malformed artifact sidecar .*missing \['artifact'"):
+        steps.validate(int8)
+    assert not build_paths(cfg, int8.name).validate_metrics.exists(), "no metrics for the wrong engine"
+
+
 def test_int8_digits_meets_the_accuracy_floor(workspace, digits_int8):
     metrics = steps.validate(digits_int8)
     assert metrics["accuracy_drop"] <= 1.0

@@ -65,7 +65,7 @@ def test_engines_are_built_with_the_requested_precisions(rtx, model):
         else:
             assert "HALF" not in dtypes and "INT8" not in dtypes and "QUANTIZE" not in layers
         plan = paths.engine_dir / "model.plan"
-        assert plan.stat().st_size > 1000 and sha256_file(plan) == sidecar["plan_sha256"]
+        assert plan.stat().st_size > 1000 and sha256_file(plan) == sidecar["artifact_sha256"]
         assert sidecar["onnx_sha256"] == sha256_file(paths.calibrated)
         assert sidecar["backend"] == "tensorrt_rtx" and sidecar["compute_capability"] == "8.9"
         assert sidecar["versions"]["tensorrt_rtx"] == import_tensorrt(rtx=True).__version__

@@ -8,15 +8,16 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..config.schema import ModelConfig, TargetConfig, TensorSpec
 from ..errors import PipelineError
-from ..io import read_json, require_file
+from ..io import read_json, require_file, sha256_file
 
 SIDECAR = "sidecar.json"
+SIDECAR_KEYS = ("backend", "artifact", "artifact_sha256", "build", "precision", "inputs", "outputs")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class BuildRequest:
     model: ModelConfig
     precision: str
     config_hash: str
+    build_name: str = ""  # the build-matrix cell, recorded so load can refuse another build's artifact
 
 
 class Runner(abc.ABC):
@@ -76,13 +78,36 @@ class Backend(abc.ABC):
         """Write the artifact into ``request.out_dir``; return the sidecar dict (also written there)."""
 
     @abc.abstractmethod
-    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False) -> Runner:
-        """A runner for the artifact; ``cuda_graph`` replays captured CUDA graphs on GPU backends."""
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None) -> Runner:
+        """A runner for the artifact; ``cuda_graph`` replays captured CUDA graphs on GPU backends.
+        ``expect`` ({"build": ..., "precision": ...}) must match the sidecar, or the load is refused."""
 
-    def read_sidecar(self, artifact_dir: Path) -> dict:
-        sidecar = read_json(require_file(Path(artifact_dir) / SIDECAR, "artifact sidecar"))
-        if sidecar.get("backend") != self.name:
+    def read_sidecar(self, artifact_dir: Path, expect: Optional[Dict[str, str]] = None) -> dict:
+        """The sidecar, checked: well-formed, this backend, the expected build, and an artifact file
+        whose bytes are the ones that were built (a copied-over or corrupted engine is refused)."""
+        path = require_file(Path(artifact_dir) / SIDECAR, "artifact sidecar")
+        try:
+            sidecar = read_json(path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PipelineError(f"malformed artifact sidecar {path}: {exc}; rebuild the artifact (dvc repro)") from exc
+        missing = [k for k in SIDECAR_KEYS if not isinstance(sidecar, dict) or k not in sidecar]
+        if missing:
+            raise PipelineError(f"malformed artifact sidecar {path}: missing {missing}; rebuild the artifact (dvc repro)")
+        if sidecar["backend"] != self.name:
             raise PipelineError(
-                f"{artifact_dir} was built by backend '{sidecar.get('backend')}', not '{self.name}'"
+                f"{artifact_dir} was built by backend '{sidecar['backend']}', not '{self.name}'"
+            )
+        for key, wanted in (expect or {}).items():
+            if sidecar.get(key) != wanted:
+                raise PipelineError(
+                    f"{artifact_dir} holds the artifact of {key} '{sidecar.get(key)}' (build '{sidecar.get('build')}', "
+                    f"precision {sidecar.get('precision')}), not the expected {key} '{wanted}'; rebuild it (dvc repro)"
+                )
+        artifact = require_file(Path(artifact_dir) / sidecar["artifact"], "artifact")
+        found = sha256_file(artifact)
+        if found != sidecar["artifact_sha256"]:
+            raise PipelineError(
+                f"{artifact} is not the file that was built (sha256 {found[:12]}…, sidecar records "
+                f"{sidecar['artifact_sha256'][:12]}…): it was replaced or corrupted; rebuild it (dvc repro)"
             )
         return sidecar

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -119,6 +119,7 @@ class OnnxRuntimeBackend(Backend):
             "versions": {"onnxruntime": ort.__version__},
             "device": request.target.device.value,
             "target": request.target_name,
+            "build": request.build_name,
             "precision": request.precision,
             "graph_optimization_level": request.target.build.graph_optimization_level.value,
             "config_hash": request.config_hash,
@@ -130,8 +131,8 @@ class OnnxRuntimeBackend(Backend):
         write_json(Path(request.out_dir) / SIDECAR, sidecar)
         return sidecar
 
-    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False) -> Runner:
-        sidecar = self.read_sidecar(artifact_dir)
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None) -> Runner:
+        sidecar = self.read_sidecar(artifact_dir, expect)
         ort = _ort()
         inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
         path = Path(artifact_dir) / sidecar["artifact"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -225,10 +225,11 @@ class TensorRTBackend(Backend):
             "versions": {self.name: trt.__version__},
             "compute_capability": request.target.compute_capability,
             "target": request.target_name,
+            "build": request.build_name,
             "precision": request.precision,
             "config_hash": request.config_hash,
             "onnx_sha256": sha256_file(request.onnx_path),
-            "plan_sha256": sha256_bytes(plan_bytes),
+            "artifact_sha256": sha256_bytes(plan_bytes),
             "timing_cache_sha256": sha256_bytes(cache_out) if cache_out is not None else None,
             "profiles": profiles,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": numpy_dtype_name(trt, t.dtype)} for t in map(network.get_input, range(network.num_inputs))],
@@ -239,8 +240,8 @@ class TensorRTBackend(Backend):
         write_json(out / SIDECAR, sidecar)
         return sidecar
 
-    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False) -> Runner:
-        sidecar = self.read_sidecar(artifact_dir)
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None) -> Runner:
+        sidecar = self.read_sidecar(artifact_dir, expect)
         trt = import_tensorrt(self.rtx)
         built_with = sidecar["versions"][self.name]
         if built_with != trt.__version__:

@@ -60,14 +60,18 @@ class BuildContext:
     def precision_name(self) -> str:
         return self.entry.precision.value
 
+    def artifact_identity(self) -> dict:
+        """What this build's engine sidecar must say (load refuses any other build's engine)."""
+        return {"build": self.name, "target": self.entry.target, "precision": self.precision_name}
+
     def config_fingerprint(self) -> dict:
-        """The settings that define this build's artifact (hashed into its sidecar)."""
+        """The settings the build stage turns into this artifact (its declared DVC params), hashed
+        into the sidecar: the hash changes exactly when the build reruns."""
         return as_plain(
             {
-                "model": self.model,
+                "build": self.name,
                 "target": self.target,
-                "precision": {"name": self.precision_name, **as_plain(self.precision)},
-                "calibration": self.config.calibration,
+                "model": {"inputs": self.model.inputs, "profiles": self.model.profiles},
             }
         )
 
