@@ -12,8 +12,8 @@ from .backends import BuildRequest, get_backend
 from .backends.onnxruntime_backend import load_onnx_runner
 from .cli import console, progress_bar
 from .config.load import BuildContext, ModelContext
-from .config.schema import Backend, Device, ModelSource, PipelineConfig, PrecisionMode, as_plain
-from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
+from .config.schema import Backend, Device, ElementType, ModelSource, PipelineConfig, PrecisionMode, as_plain
+from .data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits, search_indices
 from .errors import PipelineError
 from .evaluate.benchmark import sweep
 from .evaluate.validate import check_gates, evaluate
@@ -87,7 +87,7 @@ def calibrate(ctx: BuildContext) -> dict:
         elif mode == PrecisionMode.autocast:
             from .onnx_tools.autocast import autocast_file
 
-            report["autocast"] = autocast_file(source, model_out, ctx.precision.dtype)
+            report["autocast"] = autocast_file(source, model_out, ctx.precision.dtype.value)
             write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
         else:
             report.update(_quantize(ctx, source, out))
@@ -104,15 +104,25 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     from .onnx_tools.quantize import collect_ranges, qdq_summary, quantize_qdq, trt_calibration_cache
 
     calibration = ctx.config.calibration
-    if ctx.precision.dtype not in ("int8", "float8e4m3fn"):
-        raise PipelineError(f"Q/DQ element type '{ctx.precision.dtype}' of precision '{ctx.precision_name}' is not supported; supported: int8, float8e4m3fn")
-    if ctx.precision.dtype == "float8e4m3fn" and ctx.target.quantization.format.value != "trt_s8s8":
+    element = ctx.precision.dtype  # int8 or float8e4m3fn: the config checks tie qdq to those
+    if element == ElementType.float8e4m3fn and ctx.target.quantization.format.value != "trt_s8s8":
         raise PipelineError(f"fp8 Q/DQ is made for TensorRT targets; target '{ctx.entry.target}' quantizes as {ctx.target.quantization.format.value}")
+    graph_nodes = {node.name for node in load_model(source).graph.node}
+    unknown = sorted(set(calibration.exclude_nodes) - graph_nodes)
+    if unknown:
+        raise PipelineError(f"calibration.exclude_nodes names {unknown}, which {source} does not have; "
+                            f"its nodes include {sorted(graph_nodes)[:8]}")
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     splits = make_splits(dataset, ctx.dataset)
     indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
     check_disjoint(dataset, indices, splits.validation)
-    write_json(out / "manifest.json", make_manifest(dataset, indices, "calibration", calibration.seed))
+    manifest = make_manifest(dataset, indices, "calibration", calibration.seed)
+    searched: list = []
+    if calibration.search.enabled:
+        searched = search_indices(splits, indices, calibration.search.num_samples, calibration.seed, dataset.name)
+        check_disjoint(dataset, searched, splits.validation)
+        manifest["search"] = make_manifest(dataset, searched, "search", calibration.seed)
+    write_json(out / "manifest.json", manifest)
     started = time.perf_counter()
     chunks = (feeds for _, feeds in dataset.batches(indices, calibration.batch_size))
     quantization = ctx.target.quantization
@@ -133,7 +143,7 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     def quantize(excluded: list) -> None:
         quantize_qdq(source, model_out, ranges, quantization.format, quantization.per_channel, calibration.method,
                      nodes_to_exclude=excluded, op_types=ctx.model.quantize_op_types, reduce_range=quantization.reduce_range,
-                     quantize_outputs=ctx.model.quantize_outputs, element=ctx.precision.dtype)
+                     quantize_outputs=ctx.model.quantize_outputs, element=element.value)
 
     excluded = list(calibration.exclude_nodes)
     started = time.perf_counter()
@@ -149,7 +159,7 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     }
     if calibration.search.enabled:
         started = time.perf_counter()
-        excluded = _search_exclusions(ctx, source, model_out, dataset, splits, indices, excluded, quantize, out)
+        excluded = _search_exclusions(ctx, source, model_out, dataset, searched, indices, excluded, quantize, out)
         report["search_seconds"] = round(time.perf_counter() - started, 1)
     write_json(out / "exclusions.json", excluded)
     report["excluded_nodes"] = excluded
@@ -157,11 +167,12 @@ def _quantize(ctx: BuildContext, source: Path, out: Path) -> dict:
     return report
 
 
-def _search_exclusions(ctx, source, model_out, dataset, splits, calibration_samples, excluded, quantize, out) -> list:
+def _search_exclusions(ctx, source, model_out, dataset, search_samples, calibration_samples, excluded, quantize, out) -> list:
     """Accuracy-aware precision: exclude the layers that add the most error until the gates pass.
 
     Candidates are judged with ONNX Runtime on the CPU (for TensorRT targets the same Q/DQ graph
-    simulates the engine's quantization) against the model's validate gates on the held-out split.
+    simulates the engine's quantization) against the model's validate gates on the search split,
+    which neither calibration nor validate uses: validate's metrics stay an independent check.
     """
     from .evaluate.validate import CachedRunner
     from .onnx_tools.sensitivity import layer_sensitivity, leave_one_out
@@ -174,7 +185,7 @@ def _search_exclusions(ctx, source, model_out, dataset, splits, calibration_samp
     level = "all" if ctx.target.backend == Backend.onnxruntime else "basic"
 
     def judge() -> tuple:
-        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, splits.validation, ctx.model.task)
+        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, search_samples, ctx.model.task)
         summary = {k: metrics[k] for k in ("accuracy_drop", "top1_agreement", "cosine_mean", "retrieval_agreement") if k in metrics}
         return summary, check_gates(metrics, ctx.model.gates)
 
@@ -230,10 +241,12 @@ def validate(ctx: BuildContext) -> dict:
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     splits = make_splits(dataset, ctx.dataset)
     manifest = read_json(require_file(paths.manifest, "calibration manifest"))
-    used = {sample["id"] for sample in manifest["samples"]}
-    overlap = used & {dataset.ids[i] for i in splits.validation}
-    if overlap:
-        raise PipelineError(f"{len(overlap)} validation samples were used for calibration (e.g. {sorted(overlap)[0]}); the splits must be disjoint")
+    validation_ids = {dataset.ids[i] for i in splits.validation}
+    for split in (manifest, manifest.get("search", {"samples": []})):
+        overlap = {sample["id"] for sample in split["samples"]} & validation_ids
+        if overlap:
+            used_for = "the accuracy search" if split is not manifest else "calibration"
+            raise PipelineError(f"{len(overlap)} validation samples were used for {used_for} (e.g. {sorted(overlap)[0]}); the splits must be disjoint")
     backend = get_backend(ctx.target.backend)
     reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
     with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner, progress_bar() as progress:

@@ -135,3 +135,58 @@ def test_docs_targets_md_is_generated_from_conf():
     from pipeline.report.targets import render
 
     assert (REPO / "docs" / "targets.md").read_text() == render(CONF_DIR), "run `python -m pipeline.report.targets`"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("calibration.batch_size=0", "calibration.batch_size = 0: must be >= 1"),
+        ("calibration.batch_size=-4", "calibration.batch_size = -4: must be >= 1"),
+        ("calibration.num_samples=0", "calibration.num_samples = 0: must be >= 1"),
+        ("calibration.percentile=150", "calibration.percentile = 150.0: must be in (0, 100]"),
+        ("calibration.num_bins=0", "calibration.num_bins = 0: must be >= 128"),
+        ("calibration.search.max_excluded=-1", "calibration.search.max_excluded = -1: must be >= 0"),
+        ("benchmark.batch_sizes=[0]", "benchmark.batch_sizes = [0]: must be a non-empty list of sizes >= 1"),
+        ("benchmark.batch_sizes=[]", "benchmark.batch_sizes = []: must be a non-empty list"),
+        ("benchmark.iterations=0", "benchmark.iterations = 0: must be >= 1"),
+        ("benchmark.repeats=0", "benchmark.repeats = 0: must be >= 1"),
+        ("model.digits_cnn.gates.min_cosine=2", "model.digits_cnn.gates.min_cosine = 2.0: must be null or in [-1.0, 1.0]"),
+        ("model.digits_cnn.profiles=[{min:{batch:8},opt:{batch:4},max:{batch:32}}]", "model.digits_cnn.profiles[0].batch = [8, 4, 32]"),
+        ("target.cpu.build.graph_optimization_level=turbo", "expected one of [disabled, basic, extended, all]"),
+        ("precision.int8.dtype=float16", "precision.int8.dtype = 'float16': precision mode qdq converts to ['float8e4m3fn', 'int8']"),
+        ("+calibration.mode=implicit", "Key 'mode' not in 'CalibrationConfig'"),
+        ("model=[digits_cnn,../target/cpu]", "model option '../target/cpu' in 'model=[digits_cnn,../target/cpu]' is not an option name"),
+    ],
+)
+def test_out_of_range_values_fail_at_compose_time(tmp_path, override, expected):
+    with pytest.raises(PipelineError) as info:
+        compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", override)
+    assert expected in str(info.value)
+
+
+def test_string_settings_are_enums_checked_at_compose_time(tmp_path):
+    with pytest.raises(PipelineError, match=r"expected one of \[none, layer_names_only, detailed\]"):
+        compose_config(tmp_path, "target=[h100]", "target.h100.build.profiling_verbosity=loud")
+    with pytest.raises(PipelineError, match=r"expected one of \[none, ampere_plus, same_compute_capability\]"):
+        compose_config(tmp_path, "target=[h100]", "target.h100.build.hardware_compatibility=any")
+
+
+def test_output_folders_outside_the_project_are_refused(tmp_path):
+    from pipeline.config import write_params
+
+    with pytest.raises(PipelineError, match=r"output folders must be inside the project .*artifacts_dir = '\.\./elsewhere'"):
+        write_params(tmp_path / "project" / "params.yaml", ["artifacts_dir=../elsewhere"])
+    with pytest.raises(PipelineError, match="metrics_dir = '/tmp'"):
+        write_params(tmp_path / "project" / "params.yaml", ["metrics_dir=/tmp"])
+    assert not (tmp_path / "project" / "params.yaml").exists()
+
+
+def test_a_hand_edited_params_yaml_is_range_checked_by_stages(tmp_path):
+    from pipeline.config import load_params
+
+    params = yaml.safe_load(compose_yaml())
+    params["benchmark"]["repeats"] = 0
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(PipelineError, match="benchmark.repeats = 0: must be >= 1"):
+        load_params(path)

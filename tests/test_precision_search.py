@@ -101,7 +101,8 @@ def test_search_out_of_budget_fails_with_its_steps_and_writes_nothing(sensitive)
 
 def test_leave_one_out_ranks_the_sensitive_layer_first(sensitive, workspace, digits_int8):
     ctx, gemm = sensitive
-    steps.calibrate(_with(ctx, Gates(), budget=0))  # plain int8 of the sensitive model, no search
+    search = dataclasses.replace(ctx.config.calibration.search, enabled=False)  # plain int8 of the sensitive model
+    steps.calibrate(dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, calibration=dataclasses.replace(ctx.config.calibration, search=search))))
     dataset = load_dataset("digits", ctx.dataset)
     feeds = [dataset.load(range(64))]
     ranking = leave_one_out(model_paths(ctx.config, "digits_cnn").simplified, build_paths(ctx.config, ctx.name).calibrated, feeds, "logits")
@@ -115,3 +116,32 @@ def test_leave_one_out_ranks_the_sensitive_layer_first(sensitive, workspace, dig
     plain = leave_one_out(model_paths(workspace, "digits_cnn").simplified, build_paths(workspace, digits_int8.name).calibrated, feeds, "logits")
     assert max(r["gain"] for r in plain) < 0.05
 
+
+
+def test_the_search_checks_its_gates_on_its_own_split(sensitive):
+    """Neither calibration nor validation samples choose the layers kept in float."""
+    from pipeline.data import make_splits
+
+    ctx, _ = sensitive
+    steps.calibrate(_with(ctx, Gates(min_top1_agreement=0.9), budget=4))
+    manifest = read_json(build_paths(ctx.config, ctx.name).manifest)
+    calibration = {s["id"] for s in manifest["samples"]}
+    search = {s["id"] for s in manifest["search"]["samples"]}
+    validation = {f"digits/{i}" for i in make_splits(load_dataset("digits", ctx.dataset), ctx.dataset).validation}
+    assert len(search) == ctx.config.calibration.search.num_samples == 200
+    assert not search & calibration and not search & validation and not calibration & validation
+    steps.build(ctx)
+    manifest["search"]["samples"].append({"id": sorted(validation)[0], "sha256": "0" * 64})
+    from pipeline.io import write_json
+
+    write_json(build_paths(ctx.config, ctx.name).manifest, manifest)
+    with pytest.raises(PipelineError, match="1 validation samples were used for the accuracy search"):
+        steps.validate(ctx)
+
+
+def test_excluding_a_node_the_model_does_not_have_is_one_clear_error(sensitive):
+    ctx, _ = sensitive
+    config = dataclasses.replace(ctx.config, calibration=dataclasses.replace(ctx.config.calibration, exclude_nodes=["/nope/Conv"]))
+    with pytest.raises(PipelineError, match=r"calibration.exclude_nodes names \['/nope/Conv'\], which .*simplified.onnx does not have; its nodes include \["):
+        steps.calibrate(dataclasses.replace(ctx, config=config))
+    assert not build_paths(ctx.config, ctx.name).calibrated_dir.exists()

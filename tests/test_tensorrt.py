@@ -7,6 +7,7 @@ plan, so engine inspection and execution are GPU-only (tests/test_gpu.py).
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 
@@ -18,7 +19,7 @@ from pipeline.config import resolve_build, resolve_model
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, sha256_file
-from pipeline.paths import build_paths
+from pipeline.paths import build_paths, model_paths
 
 from .conftest import compose_config
 
@@ -42,6 +43,15 @@ def rtx(tmp_path_factory):
             steps.calibrate(build)
             sidecars[build.name] = steps.build(build)
     return cfg, sidecars
+
+
+def _digits_config(rtx_cfg, tmp_path, *overrides):
+    """A config of its own for the digits CNN, starting from the rtx fixture's simplified model."""
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", *overrides)
+    simplified = model_paths(cfg, "digits_cnn").simplified
+    simplified.parent.mkdir(parents=True)
+    shutil.copy(model_paths(rtx_cfg, "digits_cnn").simplified, simplified)
+    return cfg
 
 
 @pytest.mark.parametrize("model", ["digits_cnn", "resnet18"])
@@ -101,7 +111,7 @@ def test_requested_int8_on_an_fp32_graph_is_refused_listing_what_was_found(rtx):
 def test_onnx_runtime_flavoured_qdq_is_rejected_with_node_name_and_op(rtx, tmp_path):
     """u8 activations with non-zero zero points: valid for ORT, refused by TensorRT's parser."""
     cfg, _ = rtx
-    ort_cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={cfg.artifacts_dir}", f"metrics_dir={tmp_path / 'm'}")
+    ort_cfg = _digits_config(cfg, tmp_path, "target=[cpu]")
     ctx = resolve_build(ort_cfg, "digits_cnn-cpu-int8")
     steps.calibrate(ctx)
     with pytest.raises(PipelineError, match=r"the TensorRT ONNX parser rejected .*node '[^']+' \((QuantizeLinear|DequantizeLinear)\)"):
@@ -125,7 +135,7 @@ def test_loading_an_engine_needs_a_gpu_of_its_compute_capability(rtx):
 
 def test_datacenter_target_builds_with_tensorrt_or_fails_naming_what_to_install(rtx, tmp_path):
     cfg, _ = rtx
-    h100 = compose_config(tmp_path, "target=[h100]", "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={cfg.artifacts_dir}", f"metrics_dir={tmp_path / 'm'}")
+    h100 = _digits_config(cfg, tmp_path, "target=[h100]")
     ctx = resolve_build(h100, "digits_cnn-h100-int8")
     steps.calibrate(ctx)
     report = read_json(build_paths(h100, ctx.name).calibrated_dir / "report.json")
@@ -144,7 +154,6 @@ def test_fp8_qdq_simulated_on_the_cpu_agrees_with_fp32(rtx):
     from pipeline.backends.onnxruntime_backend import load_onnx_runner
     from pipeline.data import load_dataset, make_splits
     from pipeline.evaluate.validate import evaluate
-    from pipeline.paths import model_paths
 
     cfg, _ = rtx
     ctx = resolve_build(cfg, "digits_cnn-rtx4090-fp8")

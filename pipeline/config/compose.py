@@ -15,12 +15,28 @@ from .schema import PipelineConfig
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+_GROUPS = ("model", "target", "precision", "dataset", "calibration", "benchmark")
+
+
+def _check_group_overrides(overrides: Sequence[str]) -> None:
+    """A group option is a file name in conf/<group>/, never a path (``model=[../target/cpu]``
+    would load another group's file under its own package, silently)."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in _GROUPS:
+            for option in value.strip("[]").split(","):
+                if option and not re.fullmatch(r"[A-Za-z0-9_.-]+", option) or ".." in option:
+                    raise PipelineError(f"{key} option '{option}' in '{override}' is not an option name; "
+                                        f"available {key} options: {', '.join(sorted(p.stem for p in (CONF_DIR / key).glob('*.yaml')))}")
+
+
 def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    _check_group_overrides(overrides)
     try:
         with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
@@ -28,7 +44,7 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) ->
         # `+key=value` overrides bypass struct mode; re-check the result against the schema.
         OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise PipelineError(f"config composition failed: {_explain(exc, Path(config_dir))}") from None
+        raise PipelineError(f"config composition failed: {_explain(exc, Path(config_dir))}") from exc
     return cfg
 
 
@@ -50,6 +66,10 @@ def compose_yaml(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DI
 
 
 def write_params(path: Path | str = "params.yaml", overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> str:
-    text = compose_yaml(overrides, config_dir)
+    from .checks import check_out_dirs
+
+    cfg = compose(overrides, config_dir)
+    check_out_dirs(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), cfg)), Path(path).resolve().parent)
+    text = OmegaConf.to_yaml(cfg)
     write_text(path, text)
     return text

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import PipelineError
+from .checks import check_config, check_out_dirs
 from .schema import (
     BuildEntry,
     DatasetConfig,
@@ -25,9 +26,12 @@ def load_params(path: Path | str = "params.yaml") -> PipelineConfig:
         raise PipelineError(f"{params_path} not found: run `make params` to compose it from conf/")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(params_path))
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        cfg: PipelineConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        raise PipelineError(f"invalid {params_path}: {exc}") from None
+        raise PipelineError(f"invalid {params_path}: {exc}") from exc
+    check_config(cfg)  # params.yaml may have been edited, or written by `dvc exp run -S`
+    check_out_dirs(cfg, params_path.parent)
+    return cfg
 
 
 def _lookup(table: dict, key: str, group: str):

@@ -20,13 +20,18 @@ class InvalidCombination(ValueError):
     pass
 
 
-def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig, datasets: DictConfig) -> Dict[str, BuildEntry]:
+def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig, datasets: DictConfig, *, _root_: DictConfig) -> Dict[str, BuildEntry]:
     """Every (model, target, precision) selected, keyed ``<model>-<target>-<precision>``.
 
-    Raises when a target cannot run a selected precision or a model names an unknown dataset, so an
-    invalid combination fails at compose time and never reaches dvc.yaml.
+    Raises when a target cannot run a selected precision, a model names an unknown dataset or any
+    value is out of range (checks.py), so bad config fails at compose time (``make params`` and
+    ``dvc exp run`` alike) and never reaches dvc.yaml.
     """
-    problems = []
+    from .checks import config_problems
+
+    values = OmegaConf.to_container(_root_, resolve=False)
+    values.pop("builds", None)  # this resolver computes it
+    problems = config_problems(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), values)))
     for model_name, model in models.items():
         if model.dataset not in datasets:
             problems.append(

@@ -19,6 +19,16 @@ class Precision(str, Enum):
     fp8 = "fp8"
 
 
+class ElementType(str, Enum):
+    """What a precision converts tensors to (ONNX element type names)."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    int8 = "int8"
+    float8e4m3fn = "float8e4m3fn"
+
+
 class PrecisionMode(str, Enum):
     passthrough = "passthrough"  # the FP32 graph as exported
     autocast = "autocast"  # ModelOpt AutoCast rewrites float tensors to fp16/bf16
@@ -198,7 +208,7 @@ class TargetConfig:
 class PrecisionConfig:
     mode: PrecisionMode = PrecisionMode.passthrough
     # Element type of quantized tensors (qdq) or of converted float tensors (autocast).
-    dtype: str = "float32"
+    dtype: ElementType = ElementType.float32
 
 
 @dataclass
@@ -221,6 +231,9 @@ class SearchConfig:
     enabled: bool = True
     max_excluded: int = 8  # budget: most layers kept in float
     sensitivity_samples: int = 32  # calibration samples used to rank layers
+    # Samples the search checks its gates on: drawn from the training split, disjoint from the
+    # calibration samples and from the validation split, so validate stays an independent check.
+    num_samples: int = 200
 
 
 @dataclass

@@ -43,6 +43,19 @@ def calibration_indices(splits: Splits, num_samples: int, seed: int, dataset_nam
     return sorted(int(i) for i in picked)
 
 
+def search_indices(splits: Splits, calibration: Sequence[int], num_samples: int, seed: int, dataset_name: str = "dataset") -> List[int]:
+    """The accuracy search's own samples: seeded draws from the training split left after
+    calibration, so neither calibration nor validation data chooses which layers stay in float."""
+    left = sorted(set(splits.train) - set(calibration))
+    if num_samples > len(left):
+        raise PipelineError(
+            f"calibration.search.num_samples={num_samples} but only {len(left)} samples of '{dataset_name}' are left "
+            f"after the {len(calibration)} calibration samples; lower calibration.search.num_samples or calibration.num_samples"
+        )
+    picked = np.random.default_rng([seed, 1]).choice(np.asarray(left), size=num_samples, replace=False)
+    return sorted(int(i) for i in picked)
+
+
 def check_disjoint(dataset: Dataset, calibration: Sequence[int], validation: Sequence[int]) -> None:
     """Calibration and validation must share no sample, by index and by content."""
     shared = sorted(set(calibration) & set(validation))

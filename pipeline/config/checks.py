@@ -1,0 +1,124 @@
+"""Value checks the type schema cannot express: ranges, consistent combinations, paths.
+
+The schema (schema.py) makes a wrong key or type fail; these make a wrong *value* fail when the
+config is composed (and again when a stage loads params.yaml), with every problem named at once,
+instead of surfacing as a traceback, a division by zero or silently accepted garbage mid-pipeline.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import List
+
+from ..errors import PipelineError
+from .schema import ElementType, PipelineConfig, PrecisionMode
+
+# What each precision mode converts to: the element types that make sense for it.
+_MODE_TYPES = {
+    PrecisionMode.passthrough: {ElementType.float32},
+    PrecisionMode.autocast: {ElementType.float16, ElementType.bfloat16},
+    PrecisionMode.qdq: {ElementType.int8, ElementType.float8e4m3fn},
+}
+_OPTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def config_problems(cfg: PipelineConfig) -> List[str]:
+    """Every out-of-range or inconsistent value, as 'key = value: what is allowed'."""
+    problems: List[str] = []
+
+    def need(ok: bool, key: str, value, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key} = {value!r}: {allowed}")
+
+    cal = cfg.calibration
+    need(cal.num_samples >= 1, "calibration.num_samples", cal.num_samples, "must be >= 1")
+    need(cal.batch_size >= 1, "calibration.batch_size", cal.batch_size, "must be >= 1")
+    need(0 < cal.percentile <= 100, "calibration.percentile", cal.percentile, "must be in (0, 100]")
+    need(cal.num_bins >= 128, "calibration.num_bins", cal.num_bins, "must be >= 128 (entropy compares 128-bin quantized histograms)")
+    need(cal.search.max_excluded >= 0, "calibration.search.max_excluded", cal.search.max_excluded, "must be >= 0")
+    need(cal.search.sensitivity_samples >= 1, "calibration.search.sensitivity_samples", cal.search.sensitivity_samples, "must be >= 1")
+    need(cal.search.num_samples >= 1, "calibration.search.num_samples", cal.search.num_samples, "must be >= 1")
+
+    bench = cfg.benchmark
+    need(bool(bench.batch_sizes) and all(b >= 1 for b in bench.batch_sizes), "benchmark.batch_sizes", bench.batch_sizes,
+         "must be a non-empty list of sizes >= 1")
+    need(bench.warmup >= 0, "benchmark.warmup", bench.warmup, "must be >= 0")
+    need(bench.iterations >= 1, "benchmark.iterations", bench.iterations, "must be >= 1")
+    need(bench.repeats >= 1, "benchmark.repeats", bench.repeats, "must be >= 1")
+    need(bench.max_seconds_per_batch > 0, "benchmark.max_seconds_per_batch", bench.max_seconds_per_batch, "must be > 0")
+    need(bench.spread_warning >= 0, "benchmark.spread_warning", bench.spread_warning, "must be >= 0")
+    need(bench.threads >= 0, "benchmark.threads", bench.threads, "must be >= 0 (0: one per core)")
+    need(bench.streams >= 1, "benchmark.streams", bench.streams, "must be >= 1")
+    need(bench.nvml_interval_ms >= 1, "benchmark.nvml_interval_ms", bench.nvml_interval_ms, "must be >= 1")
+
+    for name, data in cfg.dataset.items():
+        key = f"dataset.{name}"
+        need(data.num_samples >= 2, f"{key}.num_samples", data.num_samples, "must be >= 2")
+        need(1 <= data.num_validation < data.num_samples, f"{key}.num_validation", data.num_validation,
+             f"must be between 1 and num_samples - 1 ({data.num_samples - 1})")
+        need(data.image_size >= 1, f"{key}.image_size", data.image_size, "must be >= 1")
+        need(data.max_length >= 2, f"{key}.max_length", data.max_length, "must be >= 2")
+
+    for name, model in cfg.model.items():
+        key = f"model.{name}"
+        need(7 <= model.opset <= 23, f"{key}.opset", model.opset, "must be between 7 and 23")
+        need(model.num_classes >= 1, f"{key}.num_classes", model.num_classes, "must be >= 1")
+        need(bool(model.inputs), f"{key}.inputs", model.inputs, "must name at least one input")
+        need(bool(model.outputs), f"{key}.outputs", model.outputs, "must name at least one output")
+        for index, spec in enumerate(model.inputs):
+            need(all(d == -1 or d >= 1 for d in spec.shape), f"{key}.inputs[{index}].shape", spec.shape, "dims are -1 (dynamic) or >= 1")
+        need(model.bn_recalibration_batches >= 0, f"{key}.bn_recalibration_batches", model.bn_recalibration_batches, "must be >= 0")
+        if model.train is not None:
+            need(model.train.epochs >= 1 and model.train.batch_size >= 1 and model.train.learning_rate > 0, f"{key}.train",
+                 model.train, "epochs and batch_size >= 1, learning_rate > 0")
+        gates = model.gates
+        for gate, low, high in (("max_accuracy_drop", 0.0, 100.0), ("min_top1_agreement", 0.0, 1.0), ("min_cosine", -1.0, 1.0),
+                                ("min_retrieval_agreement", 0.0, 1.0)):
+            value = getattr(gates, gate)
+            need(value is None or low <= value <= high, f"{key}.gates.{gate}", value, f"must be null or in [{low}, {high}]")
+        for index, profile in enumerate(model.profiles):
+            for axis in sorted(set(profile.min) | set(profile.opt) | set(profile.max)):
+                values = [profile.min.get(axis), profile.opt.get(axis), profile.max.get(axis)]
+                need(None not in values and 1 <= values[0] <= values[1] <= values[2], f"{key}.profiles[{index}].{axis}",
+                     values, "min, opt and max all set, with 1 <= min <= opt <= max")
+
+    for name, target in cfg.target.items():
+        key = f"target.{name}"
+        build = target.build
+        need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")
+        need(build.workspace_mib >= 1, f"{key}.build.workspace_mib", build.workspace_mib, "must be >= 1")
+        need(build.intra_op_threads >= 0, f"{key}.build.intra_op_threads", build.intra_op_threads, "must be >= 0")
+        need(target.tensorrt_version is None or re.fullmatch(r"\d+\.\d+(\.\d+)?", target.tensorrt_version) is not None,
+             f"{key}.tensorrt_version", target.tensorrt_version, "null or a release such as 10.3.0")
+        need(target.compute_capability is None or re.fullmatch(r"\d+\.\d+", target.compute_capability) is not None,
+             f"{key}.compute_capability", target.compute_capability, "null or such as 8.9")
+
+    for name, precision in cfg.precision.items():
+        allowed = sorted(t.value for t in _MODE_TYPES[precision.mode])
+        need(precision.dtype in _MODE_TYPES[precision.mode], f"precision.{name}.dtype", getattr(precision.dtype, "value", precision.dtype),
+             f"precision mode {precision.mode.value} converts to {allowed}")
+
+    for group in ("model", "target", "precision", "dataset"):
+        for option in getattr(cfg, group):
+            need(_OPTION_NAME.match(option) is not None, f"{group} option", option, "names are letters, digits, '_', '-' and '.' (no paths)")
+    return problems
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    problems = config_problems(cfg)
+    if problems:
+        raise PipelineError("invalid config values: " + "; ".join(problems))
+
+
+def check_out_dirs(cfg: PipelineConfig, project_root: Path) -> None:
+    """Everything the pipeline writes stays inside the project (DVC tracks nothing outside it)."""
+    root = Path(os.path.realpath(project_root))
+    outside = []
+    for key in ("artifacts_dir", "metrics_dir", "plots_dir"):
+        value = getattr(cfg, key)
+        resolved = Path(os.path.realpath(root / value))
+        if resolved != root and root not in resolved.parents:
+            outside.append(f"{key} = {value!r} resolves to {resolved}")
+    if outside:
+        raise PipelineError(f"output folders must be inside the project {root}: " + "; ".join(outside))
