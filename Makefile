@@ -7,6 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 # No telemetry, no update checks: CI and users' runs stay offline apart from pip.
 export DVC_NO_ANALYTICS := 1
+export ORT_DISABLE_TELEMETRY := 1
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv run test test-fast params check-params bench clean

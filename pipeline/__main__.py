@@ -15,6 +15,23 @@ from .config import compose_yaml, write_params
 from .errors import PipelineError
 
 
+def refuse_while_dvc_runs(project: Path) -> None:
+    """A `dvc repro` reads params.yaml while it runs: rewriting it then mixes two configurations."""
+    import fcntl
+
+    for folder in (project, *project.parents):
+        lock = folder / ".dvc" / "tmp" / "lock"
+        if not lock.is_file():
+            continue
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # DVC holds it exclusively while it runs
+            except BlockingIOError:
+                raise PipelineError(f"DVC is running in {folder} (it holds {lock}); compose params.yaml after it finishes") from None
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.command == "compose":
+        refuse_while_dvc_runs(Path(args.output).resolve().parent)
         text = write_params(args.output, args.overrides)
         console.print(f"wrote {args.output} ({len(text.splitlines())} lines)")
     else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -21,10 +22,13 @@ def stage_args(description: str, key: str, argv: Optional[Sequence[str]] = None)
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage; a PipelineError becomes one red line and exit status 2, no traceback."""
+    """Run a stage; a PipelineError becomes one red line and exit status 2, no traceback
+    (PIPELINE_DEBUG=1 prints the traceback with the library error that caused it)."""
     try:
         main()
     except PipelineError as exc:
+        if os.environ.get("PIPELINE_DEBUG"):
+            console.print_exception()
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
     except KeyboardInterrupt:
@@ -38,14 +42,26 @@ def progress_bar():
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
 
 
+def load_stage_params(path: str):
+    """params.yaml, typed and checked; then temporaries of killed earlier runs are removed."""
+    from .config import load_params
+    from .io import remove_stale_temporaries
+
+    cfg = load_params(path)
+    for folder in (cfg.artifacts_dir, cfg.metrics_dir, cfg.plots_dir):
+        if os.path.isdir(folder):
+            remove_stale_temporaries(folder)
+    return cfg
+
+
 def model_stage(step: Callable, description: str) -> None:
     """Entry point of a per-model stage: ``python -m stages.X --model NAME``."""
 
     def main() -> None:
-        from .config import load_params, resolve_model
+        from .config import resolve_model
 
         args = stage_args(description, "model")
-        cfg = load_params(args.params)
+        cfg = load_stage_params(args.params)
         step(cfg, resolve_model(cfg, args.model))
 
     run_stage(main)
@@ -55,9 +71,9 @@ def build_stage(step: Callable, description: str) -> None:
     """Entry point of a per-build stage: ``python -m stages.X --build MODEL-TARGET-PRECISION``."""
 
     def main() -> None:
-        from .config import load_params, resolve_build
+        from .config import resolve_build
 
         args = stage_args(description, "build")
-        step(resolve_build(load_params(args.params), args.build))
+        step(resolve_build(load_stage_params(args.params), args.build))
 
     run_stage(main)

@@ -6,6 +6,7 @@ leaves either the previous file or nothing, never half a file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -16,10 +17,59 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def _remove_stale(final: Path) -> None:
-    """Temporaries left by a killed earlier run of the same writer."""
-    for stale in final.parent.glob(f".{final.name}.*.tmp"):
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+@contextlib.contextmanager
+def output_lock(final: Path) -> Iterator[None]:
+    """Exclusive right to write ``final``: a second writer of the same output is refused at once,
+    instead of deleting the first one's temporaries as stale under it."""
+    from .errors import PipelineError
+
+    lock = final.parent / f".{final.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PipelineError(f"another run is writing {final} right now (it holds {lock}); wait for it to finish") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break  # still the lock file on disk, not one a finishing writer just removed
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.unlink(lock)
+        os.close(fd)
+
+
+def _temporaries(final: Path) -> list:
+    return list(final.parent.glob(f".{final.name}.*.tmp"))
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> int:
+    """Temporaries under ``root`` whose writer is gone (killed): removed, unless a live writer holds
+    their output's lock. Stages call this on start, so a kill leaves nothing behind for long, even
+    when DVC restores the killed stage's output from its run-cache instead of rerunning it."""
+    from .errors import PipelineError
+
+    removed = 0
+    for temporary in sorted(Path(root).rglob(".*.tmp")):
+        name = temporary.name[1:].rsplit(".", 2)[0]  # .<output name>.<random>.tmp
+        final = temporary.parent / name
+        try:
+            with output_lock(final):
+                if temporary.exists():
+                    _remove(temporary)
+                    removed += 1
+        except PipelineError:
+            continue  # a live writer: not stale
+    return removed
 
 
 @contextlib.contextmanager
@@ -27,16 +77,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with output_lock(final):
+        for stale in _temporaries(final):  # left by a killed earlier run of this writer
+            _remove(stale)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -44,16 +96,32 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Like :func:`atomic_path` for a directory: fill the yielded folder, then it replaces ``path``."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    with output_lock(final):
+        for stale in _temporaries(final):
+            _remove(stale)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def scratch_dir(output: str | os.PathLike) -> Iterator[Path]:
+    """Working space for the stage writing ``output`` (intermediate models, calibration graphs):
+    next to the output, never in the system temp folder, removed on exit; if the stage is killed,
+    the next run of the writer or any stage's start removes it (its name is a stale temporary's)."""
+    final = Path(output)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.scratch-", suffix=".tmp", dir=final.parent))
     try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        yield work
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _finite(data: Any) -> Any:

@@ -93,14 +93,26 @@ def fp32_time_share(path: Path, feeds: dict, op_types: set, runs: int = 3) -> fl
     return sum(e["dur"] for e in kernels if e["args"]["op_name"] in op_types) / sum(e["dur"] for e in kernels)
 
 
-def amdahl_line(share: float, what: str, kernel: tuple, floor: float) -> str:
-    """About 1 / ((1 - f) + f / k) when only the fraction f of time that INT8 kernels replace speeds up, by k."""
+def floor_verdict(value: float, floor: float, unit: str, higher_is_better: bool = True) -> str:
+    """'met' or 'missed', with the measured value and the floor: a figure never hides its floor."""
+    met = value >= floor if higher_is_better else value <= floor
+    relation = "≥" if higher_is_better else "≤"
+    return f"floor {relation} {floor:g}{unit}: **{'met' if met else 'missed'}** ({value:.2f}{unit})"
+
+
+def amdahl_line(share: float, what: str, kernel: tuple, floor: float, measured: float) -> str:
+    """About 1 / ((1 - f) + f / k) when only the fraction f of time that INT8 kernels replace speeds up, by k.
+    When the model measures faster than that, the stack's k understates the in-model gain (fusions the
+    stack lacks) and the estimate is no bound: say so instead of printing a contradiction."""
     speedup = kernel[3]
     bound = 1.0 / ((1.0 - share) + share / speedup)
     needed = share / (1.0 / floor - (1.0 - share)) if 1.0 / floor > 1.0 - share else float("inf")
-    return (f"Amdahl estimate: {share:.1%} of the FP32 export's kernel time is {what}; with that layer's INT8 speed-up "
-            f"of {speedup:.2f}× measured below, the model can reach about {bound:.2f}×; the {floor:g}× floor needs a "
-            f"{needed:.2f}× kernel.")
+    line = (f"Amdahl estimate: {share:.1%} of the FP32 export's kernel time is {what}; with that layer stack's INT8 speed-up "
+            f"of {speedup:.2f}× measured below, about {bound:.2f}×; the {floor:g}× floor needs a {needed:.2f}× kernel.")
+    if measured > bound:
+        line += (f" The model itself measured {measured:.2f}×, above this estimate: the isolated stack understates the "
+                 "INT8 gain inside the model (fused activations and pooling), so the estimate is a rough guide, not a bound.")
+    return line
 
 
 def kernel_ceiling(cfg, rounds: int = 4, depth: int = 8) -> dict:
@@ -197,16 +209,18 @@ def issue4_section(cfg_path: Path, matmul_kernel: tuple) -> list:
               "|---|---|---|---|---|---|---|",
               f"| {batch} × 128 | {base:.0f} | {ours:.0f} | {ratio:.2f}× | {validation['cosine_mean']:.4f} | {validation['cosine_min']:.4f} | {validation['retrieval_agreement']:.3f} |", "",
               f"Layers the accuracy search kept in float: {report.get('excluded_nodes') or 'none'}.",
-              "Floors asked for: ≥ 2× throughput, mean cosine ≥ 0.99.",
-              amdahl_line(share, "MatMul/Gemm (attention included)", matmul_kernel, 2.0), "",
+              f"Throughput {floor_verdict(ratio, 2.0, '×')}; mean cosine {floor_verdict(validation['cosine_mean'], 0.99, '')}.",
+              amdahl_line(share, "MatMul/Gemm (attention included)", matmul_kernel, 2.0, ratio), "",
               "## Calibration time (500 samples, default method)", "",
               "| model | method | statistics s | Q/DQ insertion s | calibration total s | accuracy check/search s | whole stage s |",
               "|---|---|---|---|---|---|---|"]
     for model, (seconds, rep) in calibration.items():
         total = rep["statistics_seconds"] + rep["quantize_seconds"]
         lines.append(f"| {model} | {rep['method']} | {rep['statistics_seconds']} | {rep['quantize_seconds']} | {total:.1f} | {rep.get('search_seconds', 0)} | {seconds:.1f} |")
-    lines += ["", "Floor asked for: ≤ 60 s for the ResNet-50-class model (calibration total). The whole stage also draws and hashes",
-              "the samples and checks the gates on the held-out split (the accuracy search's first step).", ""]
+    resnet = calibration.get("resnet50")
+    verdict = floor_verdict(resnet[1]["statistics_seconds"] + resnet[1]["quantize_seconds"], 60.0, " s", higher_is_better=False) if resnet else "not measured"
+    lines += ["", f"ResNet-50-class calibration total, {verdict}. The whole stage also draws and hashes",
+              "the samples and checks the gates on the search split (the accuracy search's first step).", ""]
     return lines
 
 
@@ -249,11 +263,13 @@ def main() -> None:
               "Baseline: a default `onnxruntime.InferenceSession` on the un-simplified FP32 export. Ours: the",
               "pipeline's `resnet18-cpu-int8` engine (u8s8 Q/DQ, offline-optimized). Median of 5 alternating blocks of 3 runs.", "",
               "| batch | plain ORT FP32 ms | pipeline INT8 ms | speed-up |", "|---|---|---|---|"]
+    measured = {}
     for batch, base, ours, ratio in speed_table(cfg, "resnet18", "resnet18-cpu-int8"):
         lines.append(f"| {batch} | {base:.1f} | {ours:.1f} | {ratio:.2f}× |")
+        measured[batch] = ratio
     kernels = kernel_ceiling(cfg)
     conv_share = fp32_time_share(model_paths(cfg, "resnet18").exported, floor_feeds(cfg, "resnet18", 32), {"Conv"})
-    lines += ["", "Floor asked for: ≥ 2.5× at batch 32.", amdahl_line(conv_share, "convolution", kernels["conv"], 2.5),
+    lines += ["", f"Batch 32, {floor_verdict(measured[32], 2.5, '×')}.", amdahl_line(conv_share, "convolution", kernels["conv"], 2.5, measured[32]),
               "ONNX Runtime's INT8 kernels gain most from VNNI (AVX512-VNNI / AVX-VNNI) dot-product instructions; see the ISA",
               "list above for what this machine has.", ""]
     lines += kernel_section(kernels)

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import warnings
 from pathlib import Path
 
+import onnx
 import pytest
 
 from pipeline import steps
 from pipeline.config import load_params, resolve_build, resolve_model, write_params
+from pipeline.models import build_torch_model, load_checkpoint
+from pipeline.paths import model_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +60,22 @@ def digits_int8(workspace, digits_model):
     steps.calibrate(ctx)
     steps.build(ctx)
     return ctx
+
+
+@pytest.fixture(scope="session")
+def legacy_onnx(workspace, digits_model, tmp_path_factory):
+    """The trained digits CNN as an old exporter writes it (opset 11, weights listed as inputs, batch 1),
+    outside any project: a user's own file."""
+    import torch
+
+    model = build_torch_model(digits_model.model)
+    model.load_state_dict(load_checkpoint(model_paths(workspace, "digits_cnn").checkpoint))
+    path = tmp_path_factory.mktemp("byo") / "legacy.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(path), input_names=["input"], output_names=["logits"],
+                          opset_version=11, do_constant_folding=False, keep_initializers_as_inputs=True, dynamo=False)
+    legacy = onnx.load(str(path))
+    assert legacy.opset_import[0].version == 11 and len(legacy.graph.input) > 1
+    assert legacy.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    return path

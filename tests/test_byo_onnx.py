@@ -2,8 +2,6 @@
 fixed batch; through prepare -> export -> simplify -> calibrate -> build -> validate."""
 from __future__ import annotations
 
-import warnings
-
 import onnx
 import pytest
 
@@ -12,28 +10,9 @@ from pipeline.backends import get_backend
 from pipeline.config import resolve_build, resolve_model
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.models import build_torch_model, load_checkpoint
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import compose_config
-
-
-@pytest.fixture(scope="module")
-def legacy_onnx(workspace, digits_model, tmp_path_factory):
-    """The trained digits CNN as an old exporter would write it."""
-    import torch
-
-    model = build_torch_model(digits_model.model)
-    model.load_state_dict(load_checkpoint(model_paths(workspace, "digits_cnn").checkpoint))
-    path = tmp_path_factory.mktemp("byo") / "legacy.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), str(path), input_names=["input"], output_names=["logits"],
-                          opset_version=11, do_constant_folding=False, keep_initializers_as_inputs=True, dynamo=False)
-    legacy = onnx.load(str(path))
-    assert legacy.opset_import[0].version == 11 and len(legacy.graph.input) > 1
-    assert legacy.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    return path
 
 
 def _config(tmp_path, path, *extra):

@@ -78,3 +78,19 @@ def test_invalid_split_size_is_refused():
         make_splits(dataset, DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=1797))
     with pytest.raises(PipelineError, match="num_validation=0 must be between 1 and 1796"):
         make_splits(dataset, DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=0))
+
+
+def test_sentences_do_not_depend_on_which_stdlib_modules_import():
+    """turtle cannot import without tkinter: the corpus must be the same anyway (it reads sources)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from pipeline.data.datasets import stdlib_sentences
+
+    here = hashlib.sha256("\n".join(stdlib_sentences()).encode()).hexdigest()
+    script = ("import sys, hashlib; sys.modules['tkinter'] = None; sys.modules['_tkinter'] = None\n"
+              "from pipeline.data.datasets import stdlib_sentences\n"
+              "print(hashlib.sha256('\\n'.join(stdlib_sentences()).encode()).hexdigest())")
+    without_tk = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    assert without_tk == here and len(stdlib_sentences()) >= 1100

@@ -107,6 +107,18 @@ def test_a_code_change_reruns_the_stages_that_import_it(repo):
     run(root, "dvc", "repro")  # back to the committed code
 
 
+def test_model_keys_rerun_exactly_the_stages_that_read_them(repo):
+    root, _ = repo
+    set_param(root, "model.digits_cnn.quantize_op_types", ["Conv"])
+    stages = ran(run(root, "dvc", "repro"))
+    assert {"calibrate@digits_cnn-cpu-int8", "build@digits_cnn-cpu-int8", "validate@digits_cnn-cpu-int8"} <= stages
+    assert not {s for s in stages if s.split("@")[0] in ("prepare", "export", "simplify")}
+    set_param(root, "model.digits_cnn.gates.min_top1_agreement", 0.95)  # the search and validate read gates, training does not
+    stages = ran(run(root, "dvc", "repro"))
+    assert {"calibrate@digits_cnn-cpu-int8", "validate@digits_cnn-cpu-int8", "validate@digits_cnn-cpu-fp32"} <= stages
+    assert not {s for s in stages if s.split("@")[0] in ("prepare", "export", "simplify", "benchmark")}
+
+
 def test_calibration_param_change_reruns_calibration_and_downstream_only(repo):
     root, _ = repo
     set_param(root, "calibration.num_samples", 400)

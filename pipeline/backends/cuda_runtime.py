@@ -52,15 +52,19 @@ def import_pycuda():
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
-        raise PipelineError(f"running on the GPU needs pycuda ({exc}): pip install 'pycuda==2026.1' (the [gpu] extra)") from None
+        raise PipelineError(f"running on the GPU needs pycuda ({exc}): pip install 'pycuda==2026.1' (the [gpu] extra)") from exc
     return cuda
+
+
+class CudaCallError(PipelineError):
+    """A CUDA runtime call returned an error."""
 
 
 def _check(result, call: str):
     """cuda-python returns (error, *values): raise with the failing call's name."""
     error, *values = result if isinstance(result, tuple) else (result,)
     if int(error) != 0:
-        raise PipelineError(f"CUDA error in {call}: {error!r}")
+        raise CudaCallError(f"CUDA error in {call}: {error!r}")
     return values[0] if len(values) == 1 else values
 
 
@@ -163,8 +167,8 @@ class NvmlSampler:
     def __enter__(self):
         try:
             import pynvml
-        except ImportError:
-            raise PipelineError("GPU benchmarks sample NVML through nvidia-ml-py: pip install nvidia-ml-py") from None
+        except ImportError as exc:
+            raise PipelineError("GPU benchmarks sample NVML through nvidia-ml-py: pip install nvidia-ml-py") from exc
         pynvml.nvmlInit()
         self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -325,6 +329,7 @@ class OnnxRuntimeCudaRunner(StreamRunner):
         self._session_factory = session_factory
         self.session = self._new_session(ort_graph=False)
         self.graph_mode = "none"
+        self.graph_fallback: Optional[str] = None  # why stream capture was abandoned, if it was
         self._graph: Optional[CudaGraph] = None
         import onnxruntime
 
@@ -390,11 +395,16 @@ class OnnxRuntimeCudaRunner(StreamRunner):
             for _ in range(3):
                 self.session.run_with_iobinding(self.io, self._capture_options)
                 self.stream.synchronize()
+            from onnxruntime.capi.onnxruntime_pybind11_state import EPFail, Fail, RuntimeException
+
             try:
                 self._graph = CudaGraph(self.stream, lambda: self.session.run_with_iobinding(self.io, self._capture_options))
                 self.graph_mode = "stream_capture"
                 self._graph.launch()
-            except Exception:  # ORT synchronised or allocated inside the capture: use its own graphs
+            except (CudaCallError, EPFail, Fail, RuntimeException) as exc:
+                # ORT synchronised or allocated inside the capture: use its own graphs, and say so
+                # (graph_mode and graph_fallback land in the benchmark metrics).
+                self.graph_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 self._graph = None
                 self.graph_mode = "onnxruntime"
                 self.stream = self.cuda.Stream()  # the failed capture may have left the old one unusable

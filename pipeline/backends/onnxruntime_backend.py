@@ -18,8 +18,8 @@ _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended
 def _ort():
     try:
         import onnxruntime
-    except ImportError:
-        raise PipelineError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from None
+    except ImportError as exc:
+        raise PipelineError("the onnxruntime backend needs onnxruntime: pip install onnxruntime") from exc
     onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
@@ -42,7 +42,7 @@ def create_session(path: Path | str, threads: int = 0, level: str = "all"):
     try:
         return ort.InferenceSession(str(path), session_options(threads, level), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises Fail/InvalidGraph/NotImplemented, all RuntimeError-like
-        raise PipelineError(f"ONNX Runtime cannot load {path}: {exc}") from None
+        raise PipelineError(f"ONNX Runtime cannot load {path}: {exc}") from exc
 
 
 class OnnxRuntimeRunner(Runner):
@@ -111,7 +111,7 @@ class OnnxRuntimeBackend(Backend):
             try:
                 session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
             except Exception as exc:
-                raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from None
+                raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from exc
             inputs, outputs = specs_from_session(session), [o.name for o in session.get_outputs()]
         sidecar = {
             "backend": self.name,
@@ -142,8 +142,10 @@ class OnnxRuntimeBackend(Backend):
             require_gpu("the ONNX Runtime CUDA target")
             self.check_available("cuda")
 
+            level = sidecar.get("graph_optimization_level", "all")  # the target's setting, applied when the CUDA EP loads
+
             def session(cuda_options: dict):
-                return ort.InferenceSession(str(path), session_options(threads, "all"), providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"])
+                return ort.InferenceSession(str(path), session_options(threads, level), providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"])
 
             return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph)
         if sidecar["versions"]["onnxruntime"] != ort.__version__:

@@ -47,7 +47,7 @@ def import_tensorrt(rtx: bool):
             if rtx
             else "install NVIDIA TensorRT 10.x or 11.x for this machine (pip install tensorrt-cu13 from NVIDIA's index, or JetPack on Jetson)"
         )
-        raise PipelineError(f"target needs the {_library_name(rtx)} Python module, which is not importable here ({exc}); {hint}") from None
+        raise PipelineError(f"target needs the {_library_name(rtx)} Python module, which is not importable here ({exc}); {hint}") from exc
     return trt
 
 

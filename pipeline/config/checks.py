@@ -38,7 +38,9 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     need(cal.num_bins >= 128, "calibration.num_bins", cal.num_bins, "must be >= 128 (entropy compares 128-bin quantized histograms)")
     need(cal.search.max_excluded >= 0, "calibration.search.max_excluded", cal.search.max_excluded, "must be >= 0")
     need(cal.search.sensitivity_samples >= 1, "calibration.search.sensitivity_samples", cal.search.sensitivity_samples, "must be >= 1")
-    need(cal.search.num_samples >= 1, "calibration.search.num_samples", cal.search.num_samples, "must be >= 1")
+    need(cal.search.num_samples is None or cal.search.num_samples >= 1, "calibration.search.num_samples", cal.search.num_samples,
+         "must be null (the validation split's size) or >= 1")
+    need(0 <= cal.search.headroom < 1, "calibration.search.headroom", cal.search.headroom, "must be in [0, 1)")
 
     bench = cfg.benchmark
     need(bool(bench.batch_sizes) and all(b >= 1 for b in bench.batch_sizes), "benchmark.batch_sizes", bench.batch_sizes,

@@ -82,8 +82,8 @@ class BuildContext:
 
 def resolve_model(cfg: PipelineConfig, name: str) -> ModelContext:
     model = _lookup(cfg.model, name, "model")
-    dataset = _lookup(cfg.dataset, model.dataset, "dataset")
-    return ModelContext(name=name, model=model, dataset_name=model.dataset, dataset=dataset)
+    dataset_name = _lookup(cfg.models, name, "model").dataset  # the computed entry DVC's stage reads
+    return ModelContext(name=name, model=model, dataset_name=dataset_name, dataset=_lookup(cfg.dataset, dataset_name, "dataset"))
 
 
 def resolve_build(cfg: PipelineConfig, name: str) -> BuildContext:
@@ -95,6 +95,6 @@ def resolve_build(cfg: PipelineConfig, name: str) -> BuildContext:
         model=model,
         target=_lookup(cfg.target, entry.target, "target"),
         precision=_lookup(cfg.precision, entry.precision.value, "precision"),
-        dataset=_lookup(cfg.dataset, model.dataset, "dataset"),
+        dataset=_lookup(cfg.dataset, entry.dataset, "dataset"),
         config=cfg,
     )

@@ -10,10 +10,11 @@ from typing import Dict
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .schema import BuildEntry, PipelineConfig, Precision
+from .schema import BuildEntry, ModelEntry, PipelineConfig, Precision
 
 SCHEMA_NAME = "pipeline_schema"
 MATRIX_RESOLVER = "pipeline.build_matrix"
+MODELS_RESOLVER = "pipeline.model_entries"
 
 
 class InvalidCombination(ValueError):
@@ -31,6 +32,7 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
 
     values = OmegaConf.to_container(_root_, resolve=False)
     values.pop("builds", None)  # this resolver computes it
+    values.pop("models", None)  # computed by its own resolver
     problems = config_problems(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), values)))
     for model_name, model in models.items():
         if model.dataset not in datasets:
@@ -55,10 +57,43 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
     }
 
 
+NO_SOURCE_FILE = "stages/prepare.py"
+
+
+def _has_external_data(path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a broken file: prepare reports it, naming the file
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def model_entries(models: DictConfig) -> Dict[str, ModelEntry]:
+    """Per selected model: its dataset and the weights file prepare reads, so DVC reruns prepare
+    when the user replaces that file. pkg:// resources are pinned with the package in
+    requirements.lock, so they need no file dependency."""
+    from pathlib import Path
+
+    entries = {}
+    for name, model in models.items():
+        location = model.get("weights_path")
+        source = NO_SOURCE_FILE
+        if location and not str(location).startswith("pkg://"):
+            source = str(location)
+            if str(model.source) == "onnx" and Path(location).is_file() and _has_external_data(Path(location)):
+                source = str(Path(location).parent)  # the .onnx and its data files: track the folder
+        entries[name] = ModelEntry(dataset=model.dataset, source=source)
+    return entries
+
+
 def register() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
     if not OmegaConf.has_resolver(MATRIX_RESOLVER):
         OmegaConf.register_new_resolver(MATRIX_RESOLVER, build_matrix)
+    if not OmegaConf.has_resolver(MODELS_RESOLVER):
+        OmegaConf.register_new_resolver(MODELS_RESOLVER, model_entries)
 
 
 register()

@@ -233,7 +233,11 @@ class SearchConfig:
     sensitivity_samples: int = 32  # calibration samples used to rank layers
     # Samples the search checks its gates on: drawn from the training split, disjoint from the
     # calibration samples and from the validation split, so validate stays an independent check.
-    num_samples: int = 200
+    # null: as many as the validation split (retrieval agreement depends on the sample count).
+    num_samples: Optional[int] = None
+    # The search aims for gates tightened by this fraction of their distance to perfect (0.99 -> 0.9925
+    # at 0.25), so the validation split, another sample of the same data, passes them too.
+    headroom: float = 0.25
 
 
 @dataclass
@@ -275,6 +279,16 @@ class BuildEntry:
 
 
 @dataclass
+class ModelEntry:
+    """One selected model as the per-model stages need it (computed at compose time)."""
+
+    dataset: str = "???"
+    # The file (or folder, for an ONNX with external data) the model's weights come from: a DVC
+    # dependency of prepare. Models with no such file point at prepare's own script.
+    source: str = "???"
+
+
+@dataclass
 class PipelineConfig:
     model: Dict[str, ModelConfig] = field(default_factory=dict)
     target: Dict[str, TargetConfig] = field(default_factory=dict)
@@ -283,6 +297,7 @@ class PipelineConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     builds: Dict[str, BuildEntry] = field(default_factory=dict)
+    models: Dict[str, ModelEntry] = field(default_factory=dict)
     artifacts_dir: str = "artifacts"
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -136,12 +137,12 @@ def _photo_crops(name: str, cfg: DatasetConfig) -> Dataset:
     )
 
 
-# Standard-library modules whose docstrings supply the sentences, in a fixed order.
+# Standard-library modules (pure Python: their source is read) whose docstrings supply the sentences.
 _TEXT_MODULES = (
     "argparse", "asyncio", "bisect", "calendar", "codecs", "collections", "concurrent.futures", "configparser",
     "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message", "enum",
     "fractions", "ftplib", "functools", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser",
-    "http.client", "http.cookiejar", "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "logging",
+    "http.client", "http.cookiejar", "imaplib", "inspect", "io", "ipaddress", "json", "logging",
     "mailbox", "mimetypes", "multiprocessing.pool", "numbers", "optparse", "os", "pathlib", "pickle", "pickletools",
     "platform", "poplib", "pprint", "pydoc", "queue", "random", "re", "sched", "selectors", "shelve", "shlex",
     "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl", "statistics", "string", "subprocess",
@@ -153,30 +154,37 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _CODE_LIKE = re.compile(r">>>|[{}\[\]=<>|\\`@#$]|::|\(\)|\w\.\w+\(|--|\*\*")
 
 
+def _docstrings(source: str) -> Iterator[str]:
+    """Docstrings of a module and its public classes, functions and methods, in source order."""
+    import ast
+
+    tree = ast.parse(source)
+    yield ast.get_docstring(tree) or ""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            yield ast.get_docstring(node) or ""
+
+
 @lru_cache(maxsize=None)
 def stdlib_sentences(min_words: int = 6, max_words: int = 40) -> Tuple[str, ...]:
-    """Unique prose sentences from standard-library docstrings, sorted: a real, offline corpus."""
-    import importlib
-    import inspect as pyinspect
-    import warnings
+    """Unique prose sentences from standard-library docstrings, sorted: a real, offline corpus.
 
+    Read from the source files, never imported: a module that cannot import on this machine (turtle
+    without tkinter) must not change the corpus, so the dataset depends on the Python version only."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
     found = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for module_name in _TEXT_MODULES:
-            try:
-                module = importlib.import_module(module_name)
-            except Exception:  # a module missing from this Python build only shrinks the corpus
-                continue
-            objects = [module] + [value for key, value in sorted(vars(module).items()) if not key.startswith("_")]
-            for obj in objects:
-                members = [obj] + ([v for k, v in sorted(vars(obj).items()) if not k.startswith("_")] if pyinspect.isclass(obj) else [])
-                for member in members:
-                    doc = pyinspect.getdoc(member) if callable(member) or pyinspect.ismodule(member) else None
-                    for sentence in _SENTENCE_END.split(" ".join((doc or "").split())):
-                        words = sentence.split()
-                        if min_words <= len(words) <= max_words and sentence[0].isupper() and sentence.endswith(".") and not _CODE_LIKE.search(sentence):
-                            found.add(sentence)
+    for module_name in _TEXT_MODULES:
+        base = stdlib.joinpath(*module_name.split("."))
+        path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        if not path.is_file():
+            raise PipelineError(f"standard-library source {path} is missing: the sentences dataset reads {len(_TEXT_MODULES)} stdlib modules' docstrings")
+        for doc in _docstrings(path.read_text(encoding="utf-8")):
+            for sentence in _SENTENCE_END.split(" ".join(doc.split())):
+                words = sentence.split()
+                if min_words <= len(words) <= max_words and sentence[0].isupper() and sentence.endswith(".") and not _CODE_LIKE.search(sentence):
+                    found.add(sentence)
     return tuple(sorted(found))
 
 

@@ -50,7 +50,8 @@ def search_indices(splits: Splits, calibration: Sequence[int], num_samples: int,
     if num_samples > len(left):
         raise PipelineError(
             f"calibration.search.num_samples={num_samples} but only {len(left)} samples of '{dataset_name}' are left "
-            f"after the {len(calibration)} calibration samples; lower calibration.search.num_samples or calibration.num_samples"
+            f"after the {len(calibration)} calibration samples; lower calibration.search.num_samples (null: the validation "
+            f"split's size) or calibration.num_samples, or give the dataset more samples"
         )
     picked = np.random.default_rng([seed, 1]).choice(np.asarray(left), size=num_samples, replace=False)
     return sorted(int(i) for i in picked)

@@ -51,7 +51,8 @@ def gpu_benchmark_batch(make_runner: Callable[[], StreamRunner], feeds: Dict[str
             "throughput": total_samples / wall if len(runners) > 1 else row["throughput"],
             "wall_throughput": total_samples / wall,
             "transfers_included": cfg.include_transfers, "cuda_graph": cfg.cuda_graph, "streams": len(runners),
-            "timer": "cuda_events", "graph_mode": getattr(runners[0], "graph_mode", "none"), "repeat_spread": spread, "noisy": spread > cfg.spread_warning, **nvml.summary(),
+            "timer": "cuda_events", "graph_mode": getattr(runners[0], "graph_mode", "none"),
+            "graph_fallback": getattr(runners[0], "graph_fallback", None), "repeat_spread": spread, "noisy": spread > cfg.spread_warning, **nvml.summary(),
         })
         if stages:
             row.update({f"{k}_p50": float(np.median([s[k] for s in stages])) for k in stages[0]})

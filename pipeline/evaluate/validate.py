@@ -107,6 +107,15 @@ def evaluate(
     return metrics
 
 
+def with_headroom(gates: Gates, headroom: float) -> Gates:
+    """Gates tightened by ``headroom`` of their distance to perfect (agreement and cosine 1.0, drop 0)."""
+    def tighter(limit: Optional[float], perfect: float) -> Optional[float]:
+        return None if limit is None else limit + (perfect - limit) * headroom
+
+    return Gates(max_accuracy_drop=tighter(gates.max_accuracy_drop, 0.0), min_top1_agreement=tighter(gates.min_top1_agreement, 1.0),
+                 min_cosine=tighter(gates.min_cosine, 1.0), min_retrieval_agreement=tighter(gates.min_retrieval_agreement, 1.0))
+
+
 def check_gates(metrics: dict, gates: Gates) -> List[str]:
     """One message per missed gate, naming the metric, its value and the limit; broken outputs
     (NaN/Inf, constant) fail whatever the gates are."""

@@ -1,7 +1,7 @@
 """The PyTorch models the pipeline starts from, made deterministically.
 
-* ``digits_cnn``: a small CNN trained here on the digits training split (fixed seed, one thread,
-  deterministic algorithms), so INT8-vs-FP32 accuracy is meaningful.
+* ``digits_cnn``: a small CNN trained here on the digits training split (fixed seed, one thread and
+  deterministic algorithms for the call only), so INT8-vs-FP32 accuracy is meaningful.
 * ``torchvision``: an architecture by name. Without weights offline, weights are random and the
   BatchNorm statistics are re-estimated on real training images so outputs differ per image.
 """
@@ -16,14 +16,7 @@ from ..config.schema import ModelConfig, ModelSource
 from ..data import Dataset, Splits
 from ..errors import PipelineError
 from ..io import atomic_path
-
-
-def _torch():
-    import torch
-
-    torch.set_num_threads(1)  # bitwise-reproducible training and BN statistics
-    torch.use_deterministic_algorithms(True)
-    return torch
+from ..scoped import deterministic_torch
 
 
 def _digits_cnn(num_classes: int):
@@ -67,7 +60,8 @@ def _hf_encoder(cfg: ModelConfig):
 
 def build_torch_model(cfg: ModelConfig):
     """The untrained architecture for ``cfg`` (weights seeded by ``cfg.seed``)."""
-    torch = _torch()
+    import torch
+
     torch.manual_seed(cfg.seed)
     if cfg.source == ModelSource.digits_cnn:
         return _digits_cnn(cfg.num_classes)
@@ -84,7 +78,8 @@ def build_torch_model(cfg: ModelConfig):
 
 
 def _train(model, cfg: ModelConfig, dataset: Dataset, splits: Splits, progress: Callable[[str], None]) -> None:
-    torch = _torch()
+    import torch
+
     if dataset.labels is None:
         raise PipelineError(f"model training needs a labelled dataset; '{dataset.name}' has no labels")
     images = torch.from_numpy(dataset.load(splits.train)[cfg.inputs[0].name])
@@ -110,7 +105,8 @@ def _train(model, cfg: ModelConfig, dataset: Dataset, splits: Splits, progress: 
 
 def _recalibrate_batchnorm(model, cfg: ModelConfig, dataset: Dataset, splits: Splits) -> None:
     """Cumulative-average BatchNorm statistics over real training images (weights untouched)."""
-    torch = _torch()
+    import torch
+
     batch_size = 32
     indices = splits.train[: cfg.bn_recalibration_batches * batch_size]
     for module in model.modules():
@@ -126,14 +122,16 @@ def _recalibrate_batchnorm(model, cfg: ModelConfig, dataset: Dataset, splits: Sp
 
 def prepare_checkpoint(cfg: ModelConfig, dataset: Dataset, splits: Splits, out_path: Path, progress: Callable[[str], None] = lambda _: None) -> None:
     """Build the model, train or re-estimate it, and save its state_dict atomically."""
-    torch = _torch()
-    model = build_torch_model(cfg)
-    if cfg.weights_path and cfg.source == ModelSource.torchvision:
-        model.load_state_dict(load_checkpoint(cfg.weights_path))
-    elif cfg.train is not None:
-        _train(model, cfg, dataset, splits, progress)
-    elif cfg.bn_recalibration_batches > 0:
-        _recalibrate_batchnorm(model, cfg, dataset, splits)
+    import torch
+
+    with deterministic_torch():  # bitwise-reproducible training and BatchNorm statistics
+        model = build_torch_model(cfg)
+        if cfg.weights_path and cfg.source == ModelSource.torchvision:
+            model.load_state_dict(load_checkpoint(cfg.weights_path))
+        elif cfg.train is not None:
+            _train(model, cfg, dataset, splits, progress)
+        elif cfg.bn_recalibration_batches > 0:
+            _recalibrate_batchnorm(model, cfg, dataset, splits)
     model.eval()
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -142,10 +140,11 @@ def prepare_checkpoint(cfg: ModelConfig, dataset: Dataset, splits: Splits, out_p
 
 
 def load_checkpoint(path: str | os.PathLike):
-    torch = _torch()
+    import torch
+
     if not Path(path).is_file():
         raise PipelineError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise PipelineError(f"cannot read checkpoint {path}: {exc}") from None
+        raise PipelineError(f"cannot read checkpoint {path}: {exc}") from exc

@@ -8,6 +8,7 @@ import onnx
 
 from ..errors import PipelineError
 from ..io import atomic_path
+from ..scoped import logger_levels
 
 _AUTOCAST_TYPES = {"float16": "fp16", "bfloat16": "bf16"}
 
@@ -19,12 +20,11 @@ def autocast_file(src: Path, dst: Path, dtype: str) -> dict:
     try:
         from modelopt.onnx.autocast import convert_to_mixed_precision
     except ImportError as exc:
-        raise PipelineError(f"fp16/bf16 conversion needs nvidia-modelopt ({exc}); run `make venv`") from None
-    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    converted = convert_to_mixed_precision(
-        onnx_path=str(src), low_precision_type=_AUTOCAST_TYPES[dtype], keep_io_types=True, providers=["cpu"]
-    )
+        raise PipelineError(f"fp16/bf16 conversion needs nvidia-modelopt ({exc}); run `make venv`") from exc
+    with logger_levels(logging.WARNING, "modelopt", "modelopt.onnx", "modelopt.onnx.autocast"):
+        converted = convert_to_mixed_precision(
+            onnx_path=str(src), low_precision_type=_AUTOCAST_TYPES[dtype], keep_io_types=True, providers=["cpu"]
+        )
     low = onnx.TensorProto.FLOAT16 if dtype == "float16" else onnx.TensorProto.BFLOAT16
     converted_nodes, kept_fp32 = _classify_nodes(converted, low)
     with atomic_path(dst) as tmp:

@@ -36,7 +36,7 @@ def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str) -> tuple[onnx.M
         try:
             model = version_converter.convert_version(model, cfg.opset)
         except Exception as exc:  # the converter raises plain RuntimeErrors naming the op
-            raise PipelineError(f"cannot upgrade {src} from opset {opset} to {cfg.opset} (per-channel Q/DQ needs >= 13): {exc}") from None
+            raise PipelineError(f"cannot upgrade {src} from opset {opset} to {cfg.opset} (per-channel Q/DQ needs >= 13): {exc}") from exc
         changes["opset"] = [opset, cfg.opset]
 
     inputs = {i.name: i for i in real_inputs(model)}
@@ -76,7 +76,7 @@ def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str) -> tuple[onnx.M
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise PipelineError(f"{src} is not valid after normalisation: {str(exc).splitlines()[0]}") from None
+        raise PipelineError(f"{src} is not valid after normalisation: {str(exc).splitlines()[0]}") from exc
     return model, changes
 
 

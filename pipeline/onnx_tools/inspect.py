@@ -18,15 +18,31 @@ def load_model(path: str | Path, what: str = "ONNX model") -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
-        raise PipelineError(f"malformed ONNX file {path}: {exc}") from None
+        raise PipelineError(f"malformed ONNX file {path}: {exc}") from exc
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise PipelineError(f"invalid ONNX model {path}: {first}") from None
+        raise PipelineError(f"invalid ONNX model {path}: {first}") from exc
     if not model.graph.node:
         raise PipelineError(f"invalid ONNX model {path}: the graph has no nodes")
     return model
+
+
+def external_data_files(path: str | Path) -> List[str]:
+    """The files (relative to the model's folder) holding its external tensor data, sorted."""
+    def tensors(graph: onnx.GraphProto):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                yield from ([attribute.t] if attribute.HasField("t") else []) + list(attribute.tensors)
+                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from tensors(subgraph)
+
+    model = onnx.load(str(path), load_external_data=False)
+    files = {entry.value for tensor in tensors(model.graph) if tensor.data_location == onnx.TensorProto.EXTERNAL
+             for entry in tensor.external_data if entry.key == "location"}
+    return sorted(files)
 
 
 def op_counts(model: onnx.ModelProto) -> Dict[str, int]:

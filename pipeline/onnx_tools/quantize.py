@@ -19,6 +19,7 @@ import onnx
 from ..config.schema import CalibrationConfig, CalibrationMethod, QuantFormat
 from ..errors import PipelineError
 from ..io import atomic_path
+from ..scoped import logger_levels
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def collect_ranges(
     op_types: Sequence[str] = (),
     on_chunk: Callable[[int], None] = lambda _: None,  # called with each chunk's sample count
     skip_folded: bool = True,
+    workdir: Optional[Path] = None,  # where the augmented calibration graph goes (default: system temp)
 ) -> Dict[str, tuple]:
     """Run every chunk through ``model_path`` and return {tensor name: (low, high)}.
 
@@ -121,7 +123,7 @@ def collect_ranges(
     folded = {}
     if skip_folded and not symmetric:
         folded = folded_activation_inputs(onnx.load(str(model_path), load_external_data=False), op_types)
-    with tempfile.TemporaryDirectory(prefix="calib.") as workdir:
+    with tempfile.TemporaryDirectory(prefix="calib.", dir=workdir) as workdir:
         calibrator = _calibrator(
             cfg.method, cfg, symmetric, frozenset(folded), model_path=Path(model_path),
             op_types_to_calibrate=op_types, augmented_model_path=str(Path(workdir) / "augmented.onnx"),
@@ -180,6 +182,7 @@ def quantize_qdq(
     reduce_range: bool = False,
     quantize_outputs: bool = True,
     element: str = "int8",
+    workdir: Optional[Path] = None,
 ) -> None:
     """Write ``src`` with Q/DQ nodes placed from ``ranges`` in the flavour ``quant_format`` needs.
 
@@ -202,8 +205,8 @@ def quantize_qdq(
         tensors = TensorsData(ort_method, {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()})
     else:
         raise PipelineError(f"Q/DQ element type '{element}' is not supported; supported: int8, float8e4m3fn")
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" notice: simplify already did
-    with tempfile.TemporaryDirectory(prefix="qdq.") as workdir, atomic_path(dst) as tmp:
+    # ORT logs "consider pre-processing" on the root logger: simplify already did; quiet for this call only.
+    with tempfile.TemporaryDirectory(prefix="qdq.", dir=workdir) as workdir, atomic_path(dst) as tmp, logger_levels(logging.ERROR, ""):
         cache = Path(workdir) / "ranges.json"
         save_tensors_data(tensors, cache)
         try:
@@ -222,7 +225,7 @@ def quantize_qdq(
                 },
             )
         except (ValueError, RuntimeError) as exc:
-            raise PipelineError(f"quantization of {src} failed: {exc}") from None
+            raise PipelineError(f"quantization of {src} failed: {exc}") from exc
         # Deterministic bytes: ORT stamps nothing time-based, but normalise the producer fields.
         model = onnx.load(str(tmp))
         model.producer_name, model.producer_version = "trt-pipeline", ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import onnx
@@ -60,13 +60,13 @@ def _with_outputs(model_path: Path, names: Iterable[str], out_path: Path) -> Lis
     return sorted((set(names) & available))
 
 
-def layer_sensitivity(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np.ndarray]]) -> List[dict]:
+def layer_sensitivity(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np.ndarray]], workdir: Optional[Path] = None) -> List[dict]:
     """Nodes of the Q/DQ model, most sensitive first, with their output and added relative errors."""
     from ..backends.onnxruntime_backend import create_session
 
     nodes = quantized_nodes(onnx.load(str(qdq_path)))
     wanted = {n["output"] for n in nodes.values()} | {i for n in nodes.values() for i in n["inputs"]}
-    with tempfile.TemporaryDirectory(prefix="sensitivity.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sensitivity.", dir=workdir) as tmp:
         names = _with_outputs(fp32_path, wanted, Path(tmp) / "fp32.onnx")
         _with_outputs(qdq_path, names, Path(tmp) / "qdq.onnx")
         fp32 = create_session(Path(tmp) / "fp32.onnx", level="disabled")
@@ -120,7 +120,8 @@ def _without_quantization_of(qdq: onnx.ModelProto, fp32_weights: Dict[str, onnx.
     return model
 
 
-def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np.ndarray]], output: str, op_types: Iterable[str] = ()) -> List[dict]:
+def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np.ndarray]], output: str, op_types: Iterable[str] = (),
+                  workdir: Optional[Path] = None) -> List[dict]:
     """For each quantized node: the final output's mean cosine to FP32 when only that node is left
     in float. Highest gain first: those are the layers worth keeping in float."""
     from ..backends.onnxruntime_backend import create_session
@@ -131,7 +132,7 @@ def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np
     fp32_weights = {i.name: i for i in onnx.load(str(fp32_path)).graph.initializer}
 
     def mean_cosine(model: onnx.ModelProto) -> float:
-        with tempfile.TemporaryDirectory(prefix="loo.") as tmp:
+        with tempfile.TemporaryDirectory(prefix="loo.", dir=workdir) as tmp:
             onnx.save(model, str(Path(tmp) / "m.onnx"))
             session = create_session(Path(tmp) / "m.onnx", level="basic")
             values = [row_cosine(session.run([output], feeds)[0], want) for feeds, want in zip(feeds_list, reference)]

@@ -15,8 +15,8 @@ def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
     try:
         import onnxruntime  # noqa: F401  (fold_constants silently folds nothing without it)
-    except ImportError:
-        raise PipelineError("simplify needs onnxruntime for constant folding: pip install onnxruntime") from None
+    except ImportError as exc:
+        raise PipelineError("simplify needs onnxruntime for constant folding: pip install onnxruntime") from exc
 
     graph = gs.import_onnx(model)
     # Old exporters also list initializers as graph inputs; they are weights, not inputs.
@@ -29,7 +29,7 @@ def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
         simplified = onnx.shape_inference.infer_shapes(simplified, check_type=True, strict_mode=True, data_prop=True)
         onnx.checker.check_model(simplified)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise PipelineError(f"simplified graph is invalid: {exc}") from None
+        raise PipelineError(f"simplified graph is invalid: {exc}") from exc
     return simplified
 
 

@@ -1,0 +1,39 @@
+"""validate: accuracy and agreement with FP32 on the held-out split; gates fail the stage."""
+from __future__ import annotations
+
+from ..backends import get_backend
+from ..backends.onnxruntime_backend import load_onnx_runner
+from ..cli import progress_bar
+from ..config.load import BuildContext
+from ..data import load_dataset, make_splits
+from ..errors import PipelineError
+from ..evaluate.validate import check_gates, evaluate
+from ..io import read_json, require_file, write_json
+from ..paths import build_paths, model_paths
+
+
+def validate(ctx: BuildContext) -> dict:
+    """Metrics first, then the gates: a missed gate keeps its metrics and raises."""
+    cfg = ctx.config
+    paths = build_paths(cfg, ctx.name)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    splits = make_splits(dataset, ctx.dataset)
+    manifest = read_json(require_file(paths.manifest, "calibration manifest"))
+    validation_ids = {dataset.ids[i] for i in splits.validation}
+    for split in (manifest, manifest.get("search", {"samples": []})):
+        overlap = {sample["id"] for sample in split["samples"]} & validation_ids
+        if overlap:
+            used_for = "the accuracy search" if split is not manifest else "calibration"
+            raise PipelineError(f"{len(overlap)} validation samples were used for {used_for} (e.g. {sorted(overlap)[0]}); the splits must be disjoint")
+    backend = get_backend(ctx.target.backend)
+    reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
+    with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner, progress_bar() as progress:
+        task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
+        metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, on_batch=lambda n: progress.advance(task, n))
+    failures = check_gates(metrics, ctx.model.gates)
+    metrics["gates_passed"] = not failures
+    metrics["gate_failures"] = failures
+    write_json(paths.validate_metrics, metrics)
+    if failures:
+        raise PipelineError(f"validation gate failed for {ctx.name}: " + "; ".join(failures))
+    return metrics
