@@ -55,3 +55,25 @@ def test_unknown_keys(params):
 def test_missing_params_file(tmp_path):
     result = stage(tmp_path / "nope.yaml", "export", "--model", "digits_cnn")
     assert result.returncode == 2 and "run `make params`" in result.stderr
+
+
+def test_one_line_errors_keep_their_cause_for_debugging(tmp_path):
+    """Broad catches wrap the library's error without throwing it away (PIPELINE_DEBUG=1 shows it)."""
+    import os
+
+    from pipeline.errors import PipelineError
+    from pipeline.onnx_tools.inspect import load_model
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07not a protobuf")
+    with pytest.raises(PipelineError) as info:
+        load_model(broken)
+    assert info.value.__cause__ is not None
+    model_dir = tmp_path / "a" / "models" / "digits_cnn"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.onnx").write_bytes(b"garbage")
+    params = tmp_path / "params.yaml"
+    write_params(params, ["model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}"])
+    result = subprocess.run([sys.executable, "-m", "stages.simplify", "--model", "digits_cnn", "--params", str(params)], cwd=REPO,
+                            capture_output=True, text=True, env=dict(os.environ, PIPELINE_DEBUG="1"))
+    assert result.returncode == 2 and "Traceback" in result.stderr and "DecodeError" in result.stderr
