@@ -10,11 +10,16 @@ export DVC_NO_ANALYTICS := 1
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run test test-fast params check-params bench clean
+.PHONY: venv run test test-fast params check-params bench serve clean
 
-$(VENV)/.installed: requirements.lock
+SERVING_ENV := .venv-serving
+
+$(VENV)/.installed: requirements.lock requirements-serving.txt requirements-serving-env.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-serving.txt
+	$(PYTHON) -m venv $(SERVING_ENV)
+	$(SERVING_ENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-serving-env.lock
 	touch $@
 
 venv: $(VENV)/.installed
@@ -35,6 +40,10 @@ params: venv
 
 check-params: venv
 	$(BIN)/python -m pipeline check
+
+# Serve the default INT8 build on a real Triton server in the foreground until Ctrl-C.
+serve: run
+	$(BIN)/python -m pipeline serve resnet18-cpu-int8
 
 bench: run
 	$(BIN)/python scripts/benchmarks.py --cold --issue4

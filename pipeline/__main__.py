@@ -1,8 +1,9 @@
-"""Project commands: ``python -m pipeline compose [OVERRIDES...]`` and ``python -m pipeline check``.
+"""Project commands: ``python -m pipeline compose|check|serve``.
 
 compose: conf/ (+ Hydra overrides, e.g. ``precision=[fp32,int8] model=[digits_cnn]``) -> params.yaml,
          exactly as ``dvc exp run -S`` composes it, for ``dvc repro`` users.
 check:   fail when params.yaml differs from the composition of conf/ (CI runs this).
+serve:   serve one packaged build on a real Triton server in the foreground until Ctrl-C.
 """
 from __future__ import annotations
 
@@ -32,6 +33,35 @@ def refuse_while_dvc_runs(project: Path) -> None:
         return
 
 
+def serve_foreground(args) -> None:
+    import time
+
+    from .config import load_params, resolve_build
+    from .io import scratch_dir
+    from .paths import build_paths
+    from .serving.repository import VERSION, live_copy
+    from .serving.server import TritonServer
+    from .steps.serve_step import serving_environment
+
+    ctx = resolve_build(load_params(args.params), args.build)
+    paths = build_paths(ctx.config, ctx.name)
+    package = paths.serving_dir / "python" / ctx.name
+    if not (package / "config.pbtxt").is_file():
+        raise PipelineError(f"{ctx.name} is not packaged: run `dvc repro package@{ctx.name}` first")
+    with scratch_dir(paths.serving_dir) as work:
+        live_copy(package, work / "repository", VERSION, serving_environment())
+        with TritonServer(work / "repository", work / "tritonserver.log", args.http_port, args.grpc_port, args.metrics_port,
+                          startup_timeout_s=ctx.config.serving.startup_timeout_s) as server:
+            server.wait_model_ready(ctx.name, timeout_s=ctx.config.serving.startup_timeout_s)
+            console.print(f"serving {ctx.name}: gRPC {server.grpc}, HTTP {server.http}, metrics {server.metrics_url}")
+            console.print(f"  liveness  probe: GET http://{server.http}/v2/health/live")
+            console.print(f"  readiness probe: GET http://{server.http}/v2/health/ready  (model: /v2/models/{ctx.name}/ready)")
+            console.print("  Ctrl-C stops the server")
+            while server.process.poll() is None:
+                time.sleep(0.5)
+            raise PipelineError(f"Triton exited with status {server.process.returncode}; log tail:\n{server.log_tail()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,7 +71,17 @@ def main() -> None:
     check = commands.add_parser("check", help="params.yaml must equal the composition of conf/")
     check.add_argument("overrides", nargs="*")
     check.add_argument("--params", default="params.yaml")
+    serve = commands.add_parser("serve", help="serve a packaged build on Triton until Ctrl-C")
+    serve.add_argument("build")
+    serve.add_argument("--params", default="params.yaml")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
     args = parser.parse_args()
+
+    if args.command == "serve":
+        serve_foreground(args)
+        return
 
     if args.command == "compose":
         refuse_while_dvc_runs(Path(args.output).resolve().parent)

@@ -37,6 +37,7 @@ class BuildPaths:
     root: Path
     metrics: Path
     latency_plot: Path
+    serving_plot: Path
 
     @property
     def calibrated_dir(self) -> Path:  # calibrated.onnx, manifest.json, calibration.cache, report.json
@@ -53,6 +54,14 @@ class BuildPaths:
     @property
     def engine_dir(self) -> Path:
         return self.root / "engine"
+
+    @property
+    def serving_dir(self) -> Path:  # Triton model repositories: native/<build>, python/<build>
+        return self.root / "serving"
+
+    @property
+    def serve_metrics(self) -> Path:
+        return self.metrics / "serve.json"
 
     @property
     def calibrate_metrics(self) -> Path:  # how long calibration took: varies run to run, so not in the artifact
@@ -80,4 +89,5 @@ def build_paths(cfg: PipelineConfig, build: str) -> BuildPaths:
         root=Path(cfg.artifacts_dir) / "builds" / build,
         metrics=Path(cfg.metrics_dir) / "builds" / build,
         latency_plot=Path(cfg.plots_dir) / "latency" / f"{build}.json",
+        serving_plot=Path(cfg.plots_dir) / "serving" / f"{build}.json",
     )

@@ -28,7 +28,10 @@ reads, writes, params = set(), set(), set()
 
 def _relative(path) -> str | None:
     try:
-        resolved = Path(os.fsdecode(path)).resolve()
+        given = Path(os.fsdecode(path))
+        if not given.is_absolute() and not given.exists():
+            return None  # relative to a directory descriptor (shutil.rmtree's os.open(name, dir_fd=...))
+        resolved = given.resolve()
     except (TypeError, ValueError, OSError):
         return None
     try:
@@ -47,8 +50,8 @@ def _audit(event: str, args) -> None:
     if event == "open" and args[0] is not None and not isinstance(args[0], int):
         mode = str(args[1] or "r")
         relative = _relative(args[0])
-        if relative and not any(flag in mode for flag in "wax+"):
-            reads.add(relative)
+        if relative and not any(flag in mode for flag in "wax+") and not os.path.isdir(os.fsdecode(args[0])):
+            reads.add(relative)  # a file's contents (a directory opened to walk it is not a read)
     elif event in ("os.rename", "os.replace"):
         relative = _relative(args[1])
         if relative:

@@ -19,12 +19,12 @@ from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["model=[digits_cnn]", "dataset=[digits]", "benchmark=quick"]
+SMALL = ["model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "serving.seconds_per_level=0.5"]
 PROJECT_FILES = ["conf", "pipeline", "stages", "hydra_plugins", "dvc.yaml", ".dvcignore"]
 
 
 def _env():
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1", TRT_PIPELINE_SERVING_ENV=str(REPO / ".venv-serving"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # stages' `python` = this venv
     return env
 
@@ -72,8 +72,8 @@ def test_cold_repro_runs_every_stage_and_reports(repo):
     root, first = repo
     builds = ["digits_cnn-cpu-fp32", "digits_cnn-cpu-int8"]
     expected = {f"{s}@digits_cnn" for s in ("prepare", "export", "simplify")}
-    expected |= {f"{s}@{b}" for s in ("calibrate", "build", "validate", "benchmark") for b in builds}
-    assert ran(first) == expected | {"report"}
+    expected |= {f"{s}@{b}" for s in ("calibrate", "build", "validate", "benchmark", "package") for b in builds}
+    assert ran(first) == expected | {"serve@digits_cnn-cpu-int8", "report"}
     summary = (root / "reports" / "summary.md").read_text()
     assert "## digits_cnn on cpu" in summary and "| int8 |" in summary
     assert (root / "metrics" / "builds" / "digits_cnn-cpu-int8" / "validate.json").is_file()

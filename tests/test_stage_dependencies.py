@@ -37,6 +37,8 @@ UNREAD_HERE = {
     "benchmark": {"pipeline/backends/tensorrt_backend.py": "loading an engine needs a GPU",
                   "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU",
                   "pipeline/evaluate/gpu_benchmark.py": "GPU targets only"},
+    "serve": {"pipeline/backends/tensorrt_backend.py": "serving a TensorRT engine needs a GPU",
+              "pipeline/backends/cuda_runtime.py": "serving a TensorRT engine needs a GPU"},
 }
 
 
@@ -106,11 +108,13 @@ def observed(tmp_path_factory, legacy_onnx):
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     _run(root, "dvc", "init", "-q", "--no-scm")
     configurations = [
-        (["model=[digits_cnn,onnx_file]", f"model.onnx_file.weights_path={legacy_onnx}", "dataset=[digits]", "benchmark=quick"], None),
-        (["model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[fp16,int8]"], {"calibrate", "build"}),
+        (["model=[digits_cnn,onnx_file]", f"model.onnx_file.weights_path={legacy_onnx}", "dataset=[digits]", "benchmark=quick",
+          "serving.concurrency=[1,4]", "serving.seconds_per_level=0.5"], None),
+        (["model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[fp16,int8]"], {"calibrate", "build", "package"}),
     ]
     declared, seen = defaultdict(lambda: defaultdict(set)), defaultdict(lambda: defaultdict(set))
-    env = dict(os.environ, PYTHONPATH=str(root), STAGE_READS_ALSO=str(legacy_onnx.parent))
+    env = dict(os.environ, PYTHONPATH=str(root), STAGE_READS_ALSO=str(legacy_onnx.parent),
+               TRT_PIPELINE_SERVING_ENV=str((REPO / ".venv-serving").resolve()))
     for overrides, only in configurations:
         _run(root, sys.executable, "-m", "pipeline", "compose", *overrides)
         params = yaml.safe_load((root / "params.yaml").read_text())
@@ -141,8 +145,11 @@ def observed(tmp_path_factory, legacy_onnx):
                     declared[kind]["files"].add(_fold(dep, names))
             declared[kind]["outs"] |= {_fold(o, names) for o in stage["outs"]}
             seen[kind]["params"] |= {_fold(k, names) for k in got["params"]}
-            seen[kind]["modules"] |= {str(root / m) for m in got["modules"]}
-            seen[kind]["files"] |= {_fold(r, names) for r in got["reads"]}
+            # Project source a stage reads as a file (package copies the Python-backend model and the
+            # runner's modules into the repository) is code it depends on, like what it imports.
+            source_read = {r for r in got["reads"] if r.endswith(".py") and r.split("/")[0] in ("pipeline", "stages")}
+            seen[kind]["modules"] |= {str(root / m) for m in set(got["modules"]) | source_read}
+            seen[kind]["files"] |= {_fold(r, names) for r in set(got["reads"]) - source_read}
             seen[kind]["writes"] |= {_fold(w, names) for w in got["writes"]}
     return root, declared, seen
 
@@ -155,7 +162,7 @@ def _covers(declared: str, read: str, sep: str) -> bool:
     return read == declared or read.startswith(declared + sep)
 
 
-STAGES = ["prepare", "export", "simplify", "calibrate", "build", "validate", "benchmark", "report"]
+STAGES = ["prepare", "export", "simplify", "calibrate", "build", "validate", "benchmark", "package", "serve", "report"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -57,13 +57,13 @@ class OnnxRuntimeRunner(Runner):
         return dict(zip(self.output_names, outputs))
 
 
-def specs_from_session(session) -> List[TensorSpec]:
-    """Input specs read from the model itself: symbolic or unknown dims become -1."""
+def specs_from_session(session, outputs: bool = False) -> List[TensorSpec]:
+    """Input (or output) specs read from the model itself: symbolic or unknown dims become -1."""
     from ..onnx_tools.inspect import ort_numpy_dtype
 
     return [
         TensorSpec(name=i.name, shape=[d if isinstance(d, int) else -1 for d in i.shape], dtype=ort_numpy_dtype(i.type).name)
-        for i in session.get_inputs()
+        for i in (session.get_outputs() if outputs else session.get_inputs())
     ]
 
 
@@ -73,12 +73,12 @@ def _specs_from_onnx(path: Path) -> tuple:
     from ..onnx_tools.inspect import numpy_dtype, real_inputs
 
     model = onnx.load(str(path), load_external_data=False)
-    inputs = [
-        TensorSpec(name=v.name, shape=[d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
-                   dtype=numpy_dtype(v.type.tensor_type.elem_type).name)
-        for v in real_inputs(model)
-    ]
-    return inputs, [o.name for o in model.graph.output]
+
+    def spec(value) -> TensorSpec:
+        return TensorSpec(name=value.name, shape=[d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim],
+                          dtype=numpy_dtype(value.type.tensor_type.elem_type).name)
+
+    return [spec(v) for v in real_inputs(model)], [spec(v) for v in model.graph.output]
 
 
 class OnnxRuntimeBackend(Backend):
@@ -112,7 +112,7 @@ class OnnxRuntimeBackend(Backend):
                 session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
             except Exception as exc:
                 raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from exc
-            inputs, outputs = specs_from_session(session), [o.name for o in session.get_outputs()]
+            inputs, outputs = specs_from_session(session), specs_from_session(session, outputs=True)
         sidecar = {
             "backend": self.name,
             "artifact": ARTIFACT,
@@ -126,7 +126,8 @@ class OnnxRuntimeBackend(Backend):
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(artifact),
             "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in inputs],
-            "outputs": outputs,
+            "outputs": [s.name for s in outputs],
+            "output_specs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in outputs],
         }
         write_json(Path(request.out_dir) / SIDECAR, sidecar)
         return sidecar

@@ -234,6 +234,8 @@ class TensorRTBackend(Backend):
             "profiles": profiles,
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": numpy_dtype_name(trt, t.dtype)} for t in map(network.get_input, range(network.num_inputs))],
             "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
+            "output_specs": [{"name": t.name, "shape": list(t.shape), "dtype": numpy_dtype_name(trt, t.dtype)}
+                             for t in map(network.get_output, range(network.num_outputs))],
             "precisions_found": {"network": found, "engine": inspected},
             "engine_inspected": inspected is not None,
         }

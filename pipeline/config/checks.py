@@ -54,6 +54,21 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     need(bench.streams >= 1, "benchmark.streams", bench.streams, "must be >= 1")
     need(bench.nvml_interval_ms >= 1, "benchmark.nvml_interval_ms", bench.nvml_interval_ms, "must be >= 1")
 
+    serve = cfg.serving
+    need(serve.max_batch_size >= 1, "serving.max_batch_size", serve.max_batch_size, "must be >= 1")
+    need(all(1 <= b <= serve.max_batch_size for b in serve.preferred_batch_sizes), "serving.preferred_batch_sizes",
+         serve.preferred_batch_sizes, f"sizes in [1, serving.max_batch_size={serve.max_batch_size}]")
+    need(serve.max_queue_delay_us >= 0, "serving.max_queue_delay_us", serve.max_queue_delay_us, "must be >= 0")
+    need(serve.instances >= 1, "serving.instances", serve.instances, "must be >= 1")
+    need(serve.intra_op_threads >= 0, "serving.intra_op_threads", serve.intra_op_threads, "must be >= 0")
+    need(serve.warmup_samples >= 0, "serving.warmup_samples", serve.warmup_samples, "must be >= 0")
+    need(serve.startup_timeout_s > 0, "serving.startup_timeout_s", serve.startup_timeout_s, "must be > 0")
+    need(serve.agreement_samples >= 1, "serving.agreement_samples", serve.agreement_samples, "must be >= 1")
+    need(serve.agreement_atol >= 0 and serve.agreement_rtol >= 0, "serving.agreement_atol/rtol", (serve.agreement_atol, serve.agreement_rtol), "must be >= 0")
+    need(bool(serve.concurrency) and all(c >= 1 for c in serve.concurrency), "serving.concurrency", serve.concurrency, "a non-empty list of levels >= 1")
+    need(serve.seconds_per_level > 0, "serving.seconds_per_level", serve.seconds_per_level, "must be > 0")
+    need(serve.p99_budget_ms > 0, "serving.p99_budget_ms", serve.p99_budget_ms, "must be > 0")
+
     for name, data in cfg.dataset.items():
         key = f"dataset.{name}"
         need(data.num_samples >= 2, f"{key}.num_samples", data.num_samples, "must be >= 2")

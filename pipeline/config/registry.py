@@ -33,6 +33,7 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
     values = OmegaConf.to_container(_root_, resolve=False)
     values.pop("builds", None)  # this resolver computes it
     values.pop("models", None)  # computed by its own resolver
+    values.pop("servable", None)
     problems = config_problems(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), values)))
     for model_name, model in models.items():
         if model.dataset not in datasets:
@@ -57,7 +58,22 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
     }
 
 
+SERVABLE_RESOLVER = "pipeline.servable_builds"
 NO_SOURCE_FILE = "stages/prepare.py"
+
+
+def servable_builds(builds: DictConfig, targets: DictConfig, precisions) -> Dict[str, BuildEntry]:
+    """The builds the embedded Triton server serves here: ONNX Runtime on the CPU, in the Python-backend
+    form (TensorRT and CUDA builds are packaged for their own hosts), at the precisions chosen."""
+    chosen = {_value(p) for p in precisions}
+    return {name: entry for name, entry in builds.items()
+            if _value(targets[entry.target].backend) == "onnxruntime" and _value(targets[entry.target].device) == "cpu"
+            and _value(entry.precision) in chosen}
+
+
+def _value(option) -> str:
+    """An enum option as its config string (the schema gives enums, plain YAML gives strings)."""
+    return str(getattr(option, "value", option))
 
 
 def _has_external_data(path) -> bool:
@@ -82,7 +98,7 @@ def model_entries(models: DictConfig) -> Dict[str, ModelEntry]:
         source = NO_SOURCE_FILE
         if location and not str(location).startswith("pkg://"):
             source = str(location)
-            if str(model.source) == "onnx" and Path(location).is_file() and _has_external_data(Path(location)):
+            if _value(model.source) == "onnx" and Path(location).is_file() and _has_external_data(Path(location)):
                 source = str(Path(location).parent)  # the .onnx and its data files: track the folder
         entries[name] = ModelEntry(dataset=model.dataset, source=source)
     return entries
@@ -92,6 +108,8 @@ def register() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
     if not OmegaConf.has_resolver(MATRIX_RESOLVER):
         OmegaConf.register_new_resolver(MATRIX_RESOLVER, build_matrix)
+    if not OmegaConf.has_resolver(SERVABLE_RESOLVER):
+        OmegaConf.register_new_resolver(SERVABLE_RESOLVER, servable_builds)
     if not OmegaConf.has_resolver(MODELS_RESOLVER):
         OmegaConf.register_new_resolver(MODELS_RESOLVER, model_entries)
 

@@ -269,6 +269,26 @@ class BenchmarkConfig:
 
 
 @dataclass
+class ServingConfig:
+    """Triton serving of each build: the model repository package writes and the load serve puts on it."""
+
+    precisions: List[Precision] = field(default_factory=lambda: [Precision.int8])  # builds `serve` runs for
+    max_batch_size: int = 32  # largest batch the server forms (capped by the model's batch limits)
+    preferred_batch_sizes: List[int] = field(default_factory=lambda: [8, 16, 32])
+    max_queue_delay_us: int = 5000  # how long a request may wait for a batch to fill
+    instances: int = 1  # model instances (each runs one batch at a time)
+    intra_op_threads: int = 0  # ONNX Runtime threads per instance (0: one per core)
+    warmup_samples: int = 4  # validation samples the server runs before it reports ready
+    startup_timeout_s: float = 60.0
+    agreement_samples: int = 64  # validation samples served and compared with the offline engine
+    agreement_atol: float = 1e-4  # served vs offline outputs: |served - offline| <= atol + rtol * |offline|
+    agreement_rtol: float = 1e-3
+    concurrency: List[int] = field(default_factory=lambda: [1, 4])  # closed-loop sweep, single-sample requests
+    seconds_per_level: float = 3.0  # load time per concurrency level
+    p99_budget_ms: float = 200.0  # gate: client p99 at every concurrency level
+
+
+@dataclass
 class BuildEntry:
     """One cell of the build matrix: which model, on which target, at which precision."""
 
@@ -296,8 +316,10 @@ class PipelineConfig:
     dataset: Dict[str, DatasetConfig] = field(default_factory=dict)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     builds: Dict[str, BuildEntry] = field(default_factory=dict)
     models: Dict[str, ModelEntry] = field(default_factory=dict)
+    servable: Dict[str, BuildEntry] = field(default_factory=dict)  # builds served on the embedded Triton (computed)
     artifacts_dir: str = "artifacts"
     metrics_dir: str = "metrics"
     plots_dir: str = "plots"

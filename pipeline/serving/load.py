@@ -1,0 +1,125 @@
+"""Light load generation through Triton's gRPC client: the load generator shares the CPU with the
+server, so requests are issued from the client library's own callback threads, not Python workers."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from ..errors import PipelineError
+
+
+def _client(url: str):
+    try:
+        import tritonclient.grpc as grpcclient
+    except ImportError as exc:
+        raise PipelineError(f"serving needs tritonclient with grpcio ({exc}): run `make venv`") from exc
+    return grpcclient, grpcclient.InferenceServerClient(url)
+
+
+def _requests(grpcclient, samples: List[Dict[str, np.ndarray]]) -> list:
+    from tritonclient.utils import np_to_triton_dtype
+
+    built = []
+    for feeds in samples:
+        inputs = []
+        for name, value in feeds.items():
+            tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(np.ascontiguousarray(value))
+            inputs.append(tensor)
+        built.append(inputs)
+    return built
+
+
+def infer(url: str, model: str, samples: List[Dict[str, np.ndarray]], outputs: List[str]) -> List[Dict[str, np.ndarray]]:
+    """One request per sample, one at a time; the served outputs, in order."""
+    grpcclient, client = _client(url)
+    try:
+        results = []
+        for inputs in _requests(grpcclient, samples):
+            result = client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
+            results.append({name: result.as_numpy(name) for name in outputs})
+        return results
+    finally:
+        client.close()
+
+
+def server_counts(url: str, model: str) -> Dict[str, float]:
+    """Triton's own statistics for ``model``: requests, batches executed, queue and compute time."""
+    _, client = _client(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    infer = stats.get("inference_stats", {})
+
+    def total(key: str, field: str) -> float:
+        return float(infer.get(key, {}).get(field, 0))
+
+    return {"inferences": float(stats.get("inference_count", 0)), "executions": float(stats.get("execution_count", 0)),
+            "success": total("success", "count"), "failures": total("fail", "count"),
+            "queue_ns": total("queue", "ns"), "compute_ns": total("compute_infer", "ns") + total("compute_input", "ns") + total("compute_output", "ns")}
+
+
+def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], concurrency: int, seconds: float) -> dict:
+    """``concurrency`` requests always in flight (each completion issues the next) for ``seconds``;
+    client latency percentiles, throughput and errors, and the server's own view of the same window."""
+    grpcclient, client = _client(url)
+    requests = _requests(grpcclient, samples)
+    latencies: List[float] = []
+    errors: List[str] = []
+    lock, finished = threading.Lock(), threading.Event()
+    state = {"in_flight": 0, "next": 0}
+    before = server_counts(url, model)
+    deadline = time.perf_counter() + seconds
+
+    def issue() -> None:
+        with lock:
+            index = state["next"]
+            state["next"] += 1
+            state["in_flight"] += 1
+        started = time.perf_counter()
+        client.async_infer(model, requests[index % len(requests)], callback=lambda result, error: done(started, error))
+
+    def done(started: float, error) -> None:
+        now = time.perf_counter()
+        with lock:
+            state["in_flight"] -= 1
+            if error is not None:
+                errors.append(str(error))
+            else:
+                latencies.append((now - started) * 1000.0)
+            more = now < deadline
+            idle = state["in_flight"] == 0
+        if more:
+            issue()
+        elif idle:
+            finished.set()
+
+    start = time.perf_counter()
+    try:
+        for _ in range(concurrency):
+            issue()
+        if not finished.wait(seconds + 120.0):
+            raise PipelineError(f"load at concurrency {concurrency} did not drain within {seconds + 120:.0f} s")
+    finally:
+        client.close()
+    elapsed = time.perf_counter() - start
+    after = server_counts(url, model)
+    delta = {key: after[key] - before[key] for key in after}
+    ms = np.asarray(latencies) if latencies else np.asarray([np.nan])
+    row = {
+        "concurrency": concurrency, "requests": len(latencies), "errors": len(errors), "seconds": elapsed,
+        "throughput": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+        "server_batches": int(delta["executions"]), "server_requests": int(delta["inferences"]),
+        "mean_batch_size": delta["inferences"] / delta["executions"] if delta["executions"] else 0.0,
+        "server_queue_ms_per_request": delta["queue_ns"] / 1e6 / max(delta["success"], 1.0),
+        "server_compute_ms_per_batch": delta["compute_ns"] / 1e6 / max(delta["executions"], 1.0),
+    }
+    if errors:
+        row["first_error"] = errors[0]
+    return row

@@ -1,0 +1,161 @@
+"""Triton model repositories for a build, written through Triton's own protobuf (model_config_pb2 +
+text_format) and parsed back as a check.
+
+Two forms: ``native`` is what a production Triton container loads directly (onnxruntime_onnx +
+model.onnx, or tensorrt_plan + model.plan with GPU instance groups); ``python`` wraps the project's
+own runner in Triton's Python backend, the form the embedded default serves with the server from
+the nvidia-pytriton wheel (which has no other backend).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from ..config.schema import Device, ServingConfig
+from ..errors import PipelineError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The runner's modules, vendored into the Python form (the stub sees no PYTHONPATH).
+RUNNER_MODULES = ["__init__.py", "errors.py", "io.py", "config/__init__.py", "config/schema.py", "backends/__init__.py",
+                  "backends/base.py", "backends/onnxruntime_backend.py"]
+VERSION = "1"
+
+
+def model_config_pb2():
+    """tritonclient's generated ModelConfig module, loaded from its file: importing the tritonclient.grpc
+    package needs grpcio, which writing a config does not."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError("writing Triton model configs needs tritonclient: run `make venv` (requirements-serving.txt)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("trt_pipeline_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def triton_dtype(dtype: np.dtype) -> str:
+    names = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+             "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL", "bfloat16": "TYPE_BF16"}
+    if np.dtype(dtype).name not in names:
+        raise PipelineError(f"no Triton data type for numpy {np.dtype(dtype).name}; supported: {sorted(names)}")
+    return names[np.dtype(dtype).name]
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str  # numpy dtype name
+    dims: List[int]  # without the batch axis; -1 = variable
+
+
+def write_config(path: Path, config) -> None:
+    from google.protobuf import text_format
+
+    text = text_format.MessageToString(config)
+    path.write_text(text, encoding="utf-8")
+    parsed = text_format.Parse(path.read_text(encoding="utf-8"), type(config)())
+    if parsed != config:  # the written text must be what Triton will read
+        raise PipelineError(f"{path} does not parse back to the config that was written")
+
+
+def read_config(path: Path):
+    from google.protobuf import text_format
+
+    return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2().ModelConfig())
+
+
+def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, serving: ServingConfig,
+                 warmup: Dict[str, np.ndarray], parameters: Dict[str, str]):
+    pb = model_config_pb2()
+    config = pb.ModelConfig(name=name, max_batch_size=max_batch)
+    for info, field in [(i, config.input) for i in inputs] + [(o, config.output) for o in outputs]:
+        field.add(name=info.name, data_type=getattr(pb.DataType, triton_dtype(info.dtype)), dims=info.dims)
+    config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(sorted({min(b, max_batch) for b in serving.preferred_batch_sizes}))
+    config.version_policy.latest.num_versions = 1
+    for index in range(len(next(iter(warmup.values()))) if warmup else 0):  # one step per real sample
+        step = config.model_warmup.add(name=f"validation_sample_{index}", batch_size=1, count=1)
+        for info in inputs:
+            sample = warmup[info.name][index]
+            step.inputs[info.name].data_type = getattr(pb.DataType, triton_dtype(info.dtype))
+            step.inputs[info.name].dims.extend(sample.shape)
+            step.inputs[info.name].input_data_file = f"{info.name}_{index}"
+    for key, value in sorted(parameters.items()):
+        config.parameters[key].string_value = value
+    return config
+
+
+def _warmup_files(model_dir: Path, warmup: Dict[str, np.ndarray]) -> None:
+    """Triton reads warm-up inputs as raw little-endian bytes from <model>/warmup/<file>."""
+    folder = model_dir / "warmup"
+    folder.mkdir(parents=True)
+    for name, batch in warmup.items():
+        for index, sample in enumerate(batch):
+            (folder / f"{name}_{index}").write_bytes(np.ascontiguousarray(sample).tobytes())
+
+
+def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int],
+                       inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, serving: ServingConfig,
+                       warmup: Dict[str, np.ndarray], fingerprint: Dict[str, str]) -> Dict[str, Path]:
+    """``out/native/<name>`` and ``out/python/<name>``; returns the config.pbtxt of each form."""
+    pb = model_config_pb2()
+    kind = pb.ModelInstanceGroup.KIND_GPU if device == Device.cuda else pb.ModelInstanceGroup.KIND_CPU
+    written = {}
+
+    native_dir = out / "native" / name
+    (native_dir / VERSION).mkdir(parents=True)
+    native = _base_config(name, inputs, outputs, max_batch, serving, warmup, fingerprint)
+    artifact = engine_dir / sidecar["artifact"]
+    if sidecar["backend"] == "onnxruntime":
+        native.platform, native.backend = "onnxruntime_onnx", "onnxruntime"
+        shutil.copyfile(artifact, native_dir / VERSION / "model.onnx")
+        if serving.intra_op_threads:
+            native.parameters["intra_op_thread_count"].string_value = str(serving.intra_op_threads)
+    else:
+        native.platform, native.backend = "tensorrt_plan", "tensorrt"
+        shutil.copyfile(artifact, native_dir / VERSION / "model.plan")
+    group = native.instance_group.add(count=serving.instances, kind=kind)
+    if device == Device.cuda:
+        group.gpus.extend(gpus)
+    _warmup_files(native_dir, warmup)
+    write_config(native_dir / "config.pbtxt", native)
+    written["native"] = native_dir / "config.pbtxt"
+
+    python_dir = out / "python" / name
+    version_dir = python_dir / VERSION
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
+    for module in RUNNER_MODULES:
+        target = version_dir / "pipeline" / module
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE_ROOT / module, target)
+    shutil.copytree(engine_dir, version_dir / "engine")
+    wrapped = _base_config(name, inputs, outputs, max_batch, serving, warmup, {**fingerprint, "intra_op_threads": str(serving.intra_op_threads)})
+    wrapped.backend = "python"
+    wrapped.instance_group.add(count=serving.instances, kind=pb.ModelInstanceGroup.KIND_CPU if device == Device.cpu else kind)
+    _warmup_files(python_dir, warmup)
+    write_config(python_dir / "config.pbtxt", wrapped)
+    written["python"] = python_dir / "config.pbtxt"
+    return written
+
+
+def live_copy(package_model: Path, repository: Path, version: str, execution_env: Path) -> Path:
+    """Copy a packaged Python-form model into a live repository as ``version``, pointing its Python
+    backend at this machine's serving environment (numpy < 2: numpy 2 breaks the 2.51 stub)."""
+    config = read_config(package_model / "config.pbtxt")
+    model_dir = repository / config.name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if (model_dir / version).exists():
+        shutil.rmtree(model_dir / version)
+    shutil.copytree(package_model / VERSION, model_dir / version)
+    if (package_model / "warmup").is_dir() and not (model_dir / "warmup").exists():
+        shutil.copytree(package_model / "warmup", model_dir / "warmup")
+    config.parameters["EXECUTION_ENV_PATH"].string_value = str(execution_env.resolve())
+    write_config(model_dir / "config.pbtxt", config)
+    return model_dir

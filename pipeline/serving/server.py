@@ -1,0 +1,198 @@
+"""A real Triton Inference Server process, from the nvidia-pytriton wheel, as one context manager.
+
+The wheel carries Triton 2.51 (server binary, core library, Python backend and one Python-backend
+stub per Python version). Its Python package pins numpy < 2, so the project installs the wheel with
+--no-deps for the binaries only. The server's lifetime is the ``with`` block: it is stopped (its whole
+process group) on exit, on an exception and on Ctrl-C, and it dies with its parent if that is killed.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Optional
+
+from ..errors import PipelineError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    library_path: str  # LD_LIBRARY_PATH for the binary and its backends
+    backends: Path  # backend directory holding the Python backend and this Python's stub
+
+
+def find_triton() -> TritonInstall:
+    """The server from the installed nvidia-pytriton wheel, or one error saying how to install it."""
+    spec = find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError("serving needs Triton Inference Server from the nvidia-pytriton wheel: run `make venv` "
+                            "(it installs nvidia-pytriton==0.7.0 with --no-deps from requirements-serving.txt)")
+    package = Path(list(spec.submodule_search_locations)[0])
+    triton = package / "tritonserver"
+    binary = triton / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise PipelineError(f"the Triton server binary is missing: {binary}; reinstall nvidia-pytriton (make venv)")
+    stub = triton / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise PipelineError(f"nvidia-pytriton has no Python-backend stub for Python {sys.version_info.major}.{sys.version_info.minor} ({stub})")
+    # The Python backend looks for the stub next to itself: a backend folder of our own holds both.
+    backends = Path(sys.prefix) / "share" / "trt-pipeline" / "triton-backends"
+    python_backend = backends / "python"
+    if not (python_backend / "triton_python_backend_stub").is_file():
+        staging = backends.with_name(backends.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(triton / "backends", staging)
+        shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
+        shutil.rmtree(backends, ignore_errors=True)
+        os.replace(staging, backends)
+    libs = [package.parent / "nvidia_pytriton.libs", triton / "external_libs"]
+    return TritonInstall(binary, os.pathsep.join(str(p) for p in libs if p.is_dir()), backends)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class TritonServer:
+    """``with TritonServer(repository) as server:`` -- started, live and ready inside the block."""
+
+    def __init__(self, repository: Path, log_path: Path, http_port: Optional[int] = None, grpc_port: Optional[int] = None,
+                 metrics_port: Optional[int] = None, explicit_models: bool = False, startup_timeout_s: float = 60.0):
+        self.repository, self.log_path = Path(repository), Path(log_path)
+        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.explicit_models, self.startup_timeout_s = explicit_models, startup_timeout_s
+        self.process: Optional[subprocess.Popen] = None
+        self.startup_seconds: Optional[float] = None
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.ports['http']}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
+
+    def __enter__(self) -> "TritonServer":
+        install = find_triton()
+        for kind, port in self.ports.items():
+            if port is not None and _port_in_use(port):
+                raise PipelineError(f"the Triton {kind} port {port} is already in use on 127.0.0.1; choose another or stop what holds it")
+            self.ports[kind] = port or free_port()
+        command = [str(install.binary), f"--model-repository={self.repository.resolve()}", f"--backend-directory={install.backends}",
+                   f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}", f"--metrics-port={self.ports['metrics']}",
+                   "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--log-verbose=0", "--exit-on-error=true",
+                   f"--model-control-mode={'explicit' if self.explicit_models else 'none'}", "--strict-readiness=true",
+                   "--allow-gpu-metrics=false", "--allow-cpu-metrics=true"]
+        env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [install.library_path, os.environ.get("LD_LIBRARY_PATH")])))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 10) -> str:
+        """Triton's error lines (glog 'E' lines: why a model failed to load) and the last lines of its log."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no server log)"
+        errors = [line[:400] for line in text if line.startswith("E") and line[1:5].isdigit()]
+        return "\n".join(errors[:5] + ["..."] + text[-lines:] if errors else text[-lines:])
+
+    def get(self, path: str, timeout: float = 2.0) -> int:
+        """HTTP status of GET ``path`` on the server (0 when nothing answers)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=timeout) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return 0
+
+    def post(self, path: str, timeout: float = 120.0) -> tuple:
+        request = urllib.request.Request(f"http://{self.http}{path}", data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise PipelineError(f"Triton exited with status {self.process.returncode} while starting; server log ({self.log_path}):\n{self.log_tail()}")
+            if self.get("/v2/health/live") == 200 and self.get("/v2/health/ready") == 200:
+                return
+            time.sleep(0.1)
+        raise PipelineError(f"Triton was not ready within {self.startup_timeout_s:.0f} s; server log ({self.log_path}):\n{self.log_tail()}")
+
+    def wait_model_ready(self, name: str, version: str = "", timeout_s: float = 60.0) -> None:
+        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.get(path) == 200:
+                return
+            if self.process.poll() is not None:
+                raise PipelineError(f"Triton died while loading model '{name}'; server log:\n{self.log_tail()}")
+            time.sleep(0.1)
+        raise PipelineError(f"model '{name}' was not ready within {timeout_s:.0f} s; server log:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop the server and everything it started (the Python-backend stubs): TERM, then KILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+        try:  # stubs that outlived the server in its process group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,85 @@
+"""serve: the build's Python-backend package on a real Triton server; correctness against the offline
+engine, a closed-loop concurrency sweep, Triton's own statistics; gates fail the stage after writing
+metrics. The server lives exactly as long as the ``with`` block."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import get_backend
+from ..cli import console
+from ..config.load import BuildContext
+from ..data import load_dataset, make_splits
+from ..errors import PipelineError
+from ..io import require_file, scratch_dir, write_json
+from ..paths import build_paths
+from ..serving.load import closed_loop, infer
+from ..serving.repository import VERSION, live_copy
+from ..serving.server import TritonServer
+
+
+def serving_environment() -> Path:
+    """The Python backend's environment (numpy < 2, onnxruntime): .venv-serving, made by `make venv`."""
+    env = Path(os.environ.get("TRT_PIPELINE_SERVING_ENV", ".venv-serving"))
+    if not (env / "bin" / "activate").is_file():
+        raise PipelineError(f"the serving environment {env} is missing: run `make venv` (requirements-serving-env.lock)")
+    return env
+
+
+def serve(ctx: BuildContext) -> dict:
+    cfg, serving = ctx.config, ctx.config.serving
+    paths = build_paths(cfg, ctx.name)
+    package = paths.serving_dir / "python" / ctx.name
+    require_file(package / "config.pbtxt", "Triton package")
+    env = serving_environment()
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
+    samples = [dataset.load([index]) for index in validation]
+    with get_backend(ctx.target.backend).load(paths.engine_dir, expect=ctx.artifact_identity()) as offline:
+        expected = [offline.run(feeds) for feeds in samples]
+        outputs = list(offline.output_names)
+    with scratch_dir(paths.serve_metrics) as work:
+        repository = work / "repository"
+        live_copy(package, repository, VERSION, env)
+        with TritonServer(repository, work / "tritonserver.log", startup_timeout_s=serving.startup_timeout_s) as server:
+            started = time.perf_counter()
+            server.wait_model_ready(ctx.name, timeout_s=serving.startup_timeout_s)
+            ready_seconds = server.startup_seconds + (time.perf_counter() - started)
+            console.print(f"  {ctx.name}: Triton ready in {ready_seconds:.1f} s (gRPC {server.grpc}, HTTP {server.http})")
+            served = infer(server.grpc, ctx.name, samples, outputs)
+            agreement = _agreement(served, expected, serving.agreement_atol, serving.agreement_rtol)
+            rows = []
+            for level in serving.concurrency:
+                row = closed_loop(server.grpc, ctx.name, samples, level, serving.seconds_per_level)
+                rows.append(row)
+                console.print(f"  {ctx.name} concurrency {level:>3}: {row['throughput']:.1f} req/s  p50 {row['p50_ms']:.1f} ms  "
+                              f"p99 {row['p99_ms']:.1f} ms  mean batch {row['mean_batch_size']:.1f}  errors {row['errors']}")
+    failures = list(agreement.pop("problems"))
+    failures += [f"p99 at concurrency {r['concurrency']} = {r['p99_ms']:.1f} ms, limit <= {serving.p99_budget_ms:g} ms"
+                 for r in rows if not r["p99_ms"] <= serving.p99_budget_ms]
+    failures += [f"{r['errors']} failed requests at concurrency {r['concurrency']}, limit 0 ({r.get('first_error', '')})"
+                 for r in rows if r["errors"]]
+    metrics = {"ready_seconds": ready_seconds, "agreement": agreement, "gates_passed": not failures, "gate_failures": failures,
+               **{f"concurrency_{r['concurrency']}": r for r in rows}}
+    write_json(paths.serve_metrics, metrics)
+    write_json(paths.serving_plot, [{"build": ctx.name, **r} for r in rows])
+    if failures:
+        raise PipelineError(f"serving gate failed for {ctx.name}: " + "; ".join(failures))
+    return metrics
+
+
+def _agreement(served: list, expected: list, atol: float, rtol: float) -> dict:
+    worst, problems = 0.0, []
+    for index, (got, want) in enumerate(zip(served, expected)):
+        for name, value in want.items():
+            if got[name].shape != value.shape:
+                problems.append(f"served output '{name}' of sample {index} has shape {got[name].shape}; offline {value.shape}")
+                continue
+            excess = np.abs(got[name].astype(np.float64) - value) - (atol + rtol * np.abs(value))
+            worst = max(worst, float(np.max(np.abs(got[name].astype(np.float64) - value))))
+            if not np.all(excess <= 0):
+                problems.append(f"served output '{name}' of sample {index} differs from the offline engine by {worst:.3g} (atol {atol}, rtol {rtol})")
+    return {"samples": len(expected), "max_abs_difference": worst, "problems": problems[:5]}

@@ -1,0 +1,170 @@
+"""Serving on a real Triton Inference Server (the nvidia-pytriton wheel's 2.51 binary) on loopback:
+repositories written through Triton's protobuf, the serve stage's correctness, load and gates, and no
+server process outliving a test, a failed stage, Ctrl-C or a killed parent."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import steps
+from pipeline.config import resolve_build
+from pipeline.errors import PipelineError
+from pipeline.io import read_json, sha256_file
+from pipeline.paths import build_paths
+from pipeline.serving.repository import read_config
+from pipeline.serving.server import TritonServer, free_port
+
+from .conftest import REPO, compose_config
+
+pytestmark = pytest.mark.slow
+BUILD = "digits_cnn-cpu-int8"
+SERVING_ENV = REPO / ".venv-serving"
+
+
+def _tritonservers() -> list:
+    """Running tritonserver processes (pid, command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "tritonserver" in command and "--model-repository" in command:
+                found.append((int(entry.name), command))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_server_survives():
+    before = {pid for pid, _ in _tritonservers()}
+    yield
+    deadline = time.time() + 10
+    while {pid for pid, _ in _tritonservers()} - before and time.time() < deadline:
+        time.sleep(0.2)
+    assert not {pid for pid, _ in _tritonservers()} - before, "a Triton server outlived its test"
+
+
+@pytest.fixture(scope="module")
+def served(workspace, digits_int8, tmp_path_factory):
+    """A project of its own (params.yaml beside its artifacts) with the digits INT8 build packaged."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("serving")
+    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}",
+                         f"plots_dir={root / 'p'}", "serving.concurrency=[1,8]", "serving.seconds_per_level=1.0")
+    shutil.copytree(build_paths(workspace, BUILD).root, build_paths(cfg, BUILD).root)
+    ctx = resolve_build(cfg, BUILD)
+    written = steps.package(ctx)
+    return cfg, ctx, written, root / "params.yaml"
+
+
+def test_package_writes_both_repository_forms_through_tritons_protobuf(served, tmp_path):
+    cfg, ctx, written, _ = served
+    paths = build_paths(cfg, BUILD)
+    sidecar = read_json(paths.engine_dir / "sidecar.json")
+    native, python = read_config(Path(written["native"])), read_config(Path(written["python"]))
+    assert native.platform == "onnxruntime_onnx" and python.backend == "python"
+    for config in (native, python):
+        assert config.name == BUILD and config.max_batch_size == 32  # serving.max_batch_size, under the profile's 256
+        assert [(i.name, list(i.dims)) for i in config.input] == [("input", [1, 8, 8])]
+        assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [10])]
+        assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+        assert config.parameters["pipeline_artifact_sha256"].string_value == sidecar["artifact_sha256"]
+        assert len(config.model_warmup) == cfg.serving.warmup_samples
+    assert sha256_file(paths.serving_dir / "native" / BUILD / "1" / "model.onnx") == sidecar["artifact_sha256"]
+    warmup = np.frombuffer((paths.serving_dir / "python" / BUILD / "warmup" / "input_0").read_bytes(), np.float32)
+    assert warmup.size == 64 and warmup.max() > 0  # a real digit, not zeros
+    before = {p.relative_to(paths.serving_dir): p.read_bytes() for p in paths.serving_dir.rglob("*") if p.is_file()}
+    steps.package(ctx)
+    after = {p.relative_to(paths.serving_dir): p.read_bytes() for p in paths.serving_dir.rglob("*") if p.is_file()}
+    assert after == before, "unchanged inputs give unchanged bytes"
+
+
+def test_serve_stage_answers_like_the_offline_engine_under_load(served):
+    cfg, ctx, _, _ = served
+    metrics = steps.serve(ctx)
+    assert metrics["gates_passed"] and metrics["agreement"]["samples"] == cfg.serving.agreement_samples
+    assert metrics["agreement"]["max_abs_difference"] <= 1e-4
+    for level in cfg.serving.concurrency:
+        row = metrics[f"concurrency_{level}"]
+        assert row["errors"] == 0 and row["requests"] > 0 and row["server_requests"] == row["requests"]
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["mean_batch_size"] >= 1.0
+    assert metrics["concurrency_8"]["mean_batch_size"] > 1.0, "dynamic batching formed batches"
+    assert metrics["ready_seconds"] < cfg.serving.startup_timeout_s
+    plot = read_json(build_paths(cfg, BUILD).serving_plot)
+    assert [row["concurrency"] for row in plot] == cfg.serving.concurrency
+
+
+def test_a_missed_serving_gate_writes_metrics_then_fails(served):
+    import dataclasses
+
+    cfg, ctx, _, _ = served
+    tight = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, p99_budget_ms=0.001, concurrency=[1], seconds_per_level=0.5))
+    with pytest.raises(PipelineError, match=r"serving gate failed for digits_cnn-cpu-int8: p99 at concurrency 1 = [\d.]+ ms, limit <= 0.001 ms"):
+        steps.serve(dataclasses.replace(ctx, config=tight))
+    assert read_json(build_paths(cfg, BUILD).serve_metrics)["gates_passed"] is False
+
+
+def test_a_port_in_use_and_a_model_that_fails_to_load_are_one_clear_error_each(served, tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PipelineError, match=f"the Triton http port {port} is already in use"):
+            with TritonServer(tmp_path, tmp_path / "log", http_port=port):
+                pass
+    broken = tmp_path / "repository" / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
+    (broken.parent / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 1\n'
+                                                'input { name: "x" data_type: TYPE_FP32 dims: 1 }\noutput { name: "y" data_type: TYPE_FP32 dims: 1 }\n'
+                                                f'parameters {{ key: "EXECUTION_ENV_PATH" value {{ string_value: "{SERVING_ENV}" }} }}\n')
+    with pytest.raises(PipelineError, match=r"(?s)Triton exited with status \d+ while starting; server log .*this model cannot load"):
+        with TritonServer(tmp_path / "repository", tmp_path / "log"):
+            pass
+
+
+def _serve_command(params: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "serve", BUILD, "--params", str(params), "--http-port", str(free_port()),
+                             "--grpc-port", str(free_port()), "--metrics-port", str(free_port())], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TRT_PIPELINE_SERVING_ENV=str(SERVING_ENV)))
+
+
+def _wait_serving(process: subprocess.Popen) -> str:
+    seen, deadline = "", time.time() + 120
+    while "Ctrl-C stops the server" not in seen:
+        assert time.time() < deadline and process.poll() is None, seen
+        seen += process.stdout.readline()
+    return seen
+
+
+def test_foreground_serve_prints_the_probes_and_stops_on_ctrl_c(served):
+    import urllib.request
+
+    _, _, _, params = served
+    process = _serve_command(params)
+    printed = _wait_serving(process)
+    ready = next(line for line in printed.splitlines() if "readiness probe" in line).split("GET ")[1].split()[0]
+    assert urllib.request.urlopen(ready, timeout=5).status == 200
+    assert _tritonservers(), "the server runs while the command does"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+
+
+def test_a_killed_serve_command_takes_its_server_with_it(served):
+    _, _, _, params = served
+    process = _serve_command(params)
+    _wait_serving(process)
+    process.kill()  # no chance to clean up: the server must still die with its parent
+    process.wait()
