@@ -4,6 +4,8 @@ compose: conf/ (+ Hydra overrides, e.g. ``precision=[fp32,int8] model=[digits_cn
          exactly as ``dvc exp run -S`` composes it, for ``dvc repro`` users.
 check:   fail when params.yaml differs from the composition of conf/ (CI runs this).
 serve:   serve one packaged build on a real Triton server in the foreground until Ctrl-C.
+deploy:  promote a packaged build to the next version of a live repository on a running Triton server
+         (explicit model control), checked first; ``--rollback`` serves the previous good version again.
 """
 from __future__ import annotations
 
@@ -77,8 +79,28 @@ def main() -> None:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    deploy = commands.add_parser("deploy", help="deploy a packaged build to a running Triton server, with rollback")
+    deploy.add_argument("build", help="the build to deploy, or with --rollback the served model's name")
+    deploy.add_argument("--repository", required=True, help="the live model repository the server serves")
+    deploy.add_argument("--http", default="127.0.0.1:8000")
+    deploy.add_argument("--grpc", default="127.0.0.1:8001")
+    deploy.add_argument("--name", default="", help="the served model's name (default: the build's model, e.g. resnet18)")
+    deploy.add_argument("--rollback", action="store_true", help="serve the previous good version again")
+    deploy.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
+    if args.command == "deploy":
+        from .serving.deploy import rollback
+        from .steps.deploy_step import deploy as deploy_build
+
+        if args.rollback:
+            entry = rollback(Path(args.repository), args.build, args.http)
+        else:
+            from .config import load_params, resolve_build
+
+            entry = deploy_build(resolve_build(load_params(args.params), args.build), Path(args.repository), args.http, args.grpc, args.name)
+        console.print(f"{args.build}: version {entry['version']} ({entry['build']}) {entry['outcome']}")
+        return
     if args.command == "serve":
         serve_foreground(args)
         return

@@ -18,7 +18,7 @@ from pipeline import steps
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, sha256_file
-from pipeline.paths import build_paths
+from pipeline.paths import build_paths, model_paths
 from pipeline.serving.repository import read_config
 from pipeline.serving.server import TritonServer, free_port
 
@@ -62,6 +62,7 @@ def served(workspace, digits_int8, tmp_path_factory):
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}",
                          f"plots_dir={root / 'p'}", "serving.concurrency=[1,8]", "serving.seconds_per_level=1.0")
     shutil.copytree(build_paths(workspace, BUILD).root, build_paths(cfg, BUILD).root)
+    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)  # the FP32 reference
     ctx = resolve_build(cfg, BUILD)
     written = steps.package(ctx)
     return cfg, ctx, written, root / "params.yaml"
@@ -168,3 +169,95 @@ def test_a_killed_serve_command_takes_its_server_with_it(served):
     _wait_serving(process)
     process.kill()  # no chance to clean up: the server must still die with its parent
     process.wait()
+
+
+def test_deploy_promotes_good_versions_rejects_broken_ones_and_rolls_back_without_a_failed_request(served, workspace, tmp_path):
+    """v1 good -> served; v2 with a corrupted engine and v2 that answers zeros -> rejected while a client
+    sending requests throughout gets only v1 answers; v3 good -> served; rollback -> v1 again."""
+    import dataclasses
+    import shutil
+    import threading
+
+    import onnx
+    import tritonclient.grpc as grpcclient
+    from onnx import numpy_helper
+
+    from pipeline.data import load_dataset
+    from pipeline.serving.deploy import history, rollback
+    from pipeline.steps.deploy_step import deploy
+
+    from .conftest import private_copy
+
+    cfg, int8, _, _ = served
+
+    def fp32_package(folder, break_gemm: bool):
+        private = private_copy(workspace, tmp_path / folder, "models/digits_cnn")
+        private = dataclasses.replace(private, serving=cfg.serving)
+        ctx = resolve_build(private, "digits_cnn-cpu-fp32")
+        steps.calibrate(ctx)
+        if break_gemm:  # loads and answers, but every answer is the same: the agreement check must refuse it
+            model = onnx.load(str(build_paths(private, ctx.name).calibrated))
+            (gemm,) = [n for n in model.graph.node if n.op_type == "Gemm"]
+            for init in model.graph.initializer:
+                if init.name in gemm.input[1:]:
+                    init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+            onnx.save(model, str(build_paths(private, ctx.name).calibrated))
+        steps.build(ctx)
+        steps.package(ctx)
+        return ctx
+
+    corrupted_cfg = private_copy(workspace, tmp_path / "corrupt", "models/digits_cnn")
+    corrupted_cfg = dataclasses.replace(corrupted_cfg, serving=cfg.serving)
+    shutil.copytree(build_paths(cfg, BUILD).root, build_paths(corrupted_cfg, BUILD).root)
+    engine = build_paths(corrupted_cfg, BUILD).serving_dir / "python" / BUILD / "1" / "engine" / "model.onnx"
+    engine.write_bytes(engine.read_bytes()[:-100] + b"\0" * 100)
+    corrupted = resolve_build(corrupted_cfg, BUILD)
+    zeros, good = fp32_package("zeros", break_gemm=True), fp32_package("good", break_gemm=False)
+
+    repository = tmp_path / "live"
+    repository.mkdir()
+    feeds = load_dataset("digits", int8.dataset).load([0])
+    with TritonServer(repository, tmp_path / "triton.log", explicit_models=True) as server:
+        assert deploy(int8, repository, server.http, server.grpc, name="digits")["outcome"] == "deployed"
+        answers, stop = [], threading.Event()
+
+        def client():
+            connection = grpcclient.InferenceServerClient(server.grpc)
+            request = grpcclient.InferInput("input", list(feeds["input"].shape), "FP32")
+            request.set_data_from_numpy(feeds["input"])
+            while not stop.is_set():
+                try:
+                    answers.append(connection.infer("digits", [request]).get_response().model_version)
+                except Exception as error:  # every failure is recorded, then asserted on
+                    answers.append(f"error: {error}")
+                time.sleep(0.01)
+            connection.close()
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            with pytest.raises(PipelineError, match=r"rejected; the previous version keeps serving: the candidate did not load"):
+                deploy(corrupted, repository, server.http, server.grpc, name="digits")
+            with pytest.raises(PipelineError, match=r"rejected; .*output 'logits' of the candidate is the same for all"):
+                deploy(zeros, repository, server.http, server.grpc, name="digits")
+            during = list(answers)
+            assert during and set(during) == {"1"}, "only v1 answered while the broken candidates were checked"
+            assert deploy(good, repository, server.http, server.grpc, name="digits")["version"] == 2
+            deadline = time.time() + 30
+            while answers[-1] != "2" and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join()
+        assert not [a for a in answers if a.startswith("error")], "no request failed while versions changed"
+        assert answers[-1] == "2"
+        assert rollback(repository, "digits", server.http)["version"] == 1
+        assert grpcclient.InferenceServerClient(server.grpc).infer("digits", [_input(grpcclient, feeds)]).get_response().model_version == "1"
+    outcomes = [(e["version"], e["outcome"]) for e in history(repository / "digits")]
+    assert outcomes == [(1, "deployed"), (2, "rejected"), (2, "rejected"), (2, "deployed"), (1, "rolled back")]
+
+
+def _input(grpcclient, feeds):
+    tensor = grpcclient.InferInput("input", list(feeds["input"].shape), "FP32")
+    tensor.set_data_from_numpy(feeds["input"])
+    return tensor

@@ -9,6 +9,7 @@ the nvidia-pytriton wheel (which has no other backend).
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,8 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PACKAGE_ROOT / module, target)
     shutil.copytree(engine_dir, version_dir / "engine")
+    # Per version (the config is per model, shared by every version): which build this version holds.
+    (version_dir / "package.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     wrapped = _base_config(name, inputs, outputs, max_batch, serving, warmup, {**fingerprint, "intra_op_threads": str(serving.intra_op_threads)})
     wrapped.backend = "python"
     wrapped.instance_group.add(count=serving.instances, kind=pb.ModelInstanceGroup.KIND_CPU if device == Device.cpu else kind)
@@ -145,10 +148,12 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     return written
 
 
-def live_copy(package_model: Path, repository: Path, version: str, execution_env: Path) -> Path:
-    """Copy a packaged Python-form model into a live repository as ``version``, pointing its Python
-    backend at this machine's serving environment (numpy < 2: numpy 2 breaks the 2.51 stub)."""
+def live_copy(package_model: Path, repository: Path, version: str, execution_env: Path, name: str = "") -> Path:
+    """Copy a packaged Python-form model into a live repository as ``version`` (under ``name``, default
+    its own), pointing its Python backend at this machine's serving environment (numpy < 2: numpy 2
+    breaks the 2.51 stub)."""
     config = read_config(package_model / "config.pbtxt")
+    config.name = name or config.name
     model_dir = repository / config.name
     model_dir.mkdir(parents=True, exist_ok=True)
     if (model_dir / version).exists():

@@ -21,7 +21,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         sidecar = json.loads((version_dir / "engine" / "sidecar.json").read_text())
-        expect = {"build": parameters["pipeline_build"], "precision": parameters["pipeline_precision"]}
+        packaged = json.loads((version_dir / "package.json").read_text())  # this version's build (versions share the config)
+        expect = {"build": packaged["pipeline_build"], "precision": packaged["pipeline_precision"]}
         self.runner = get_backend(sidecar["backend"]).load(version_dir / "engine", threads=int(parameters.get("intra_op_threads", "0")), expect=expect)
         self.input_names = [spec.name for spec in self.runner.inputs]
         self.output_names = [output["name"] for output in config["output"]]

@@ -1,0 +1,152 @@
+"""Deploy a packaged build as the next version of a model served by a running Triton server (explicit
+model control), with automatic rollback: the candidate is loaded under a name of its own, checked
+(readiness, agreement with the FP32 reference within the build's gates, p99 under a short load), and
+only then becomes the served version; a failure leaves the previous version serving untouched.
+A history of every attempt lives in the repository (``<model>/deployments.json``)."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from ..backends import Runner
+from ..config.schema import TensorSpec
+from ..errors import PipelineError
+from ..io import write_json
+from .repository import VERSION, live_copy, read_config
+
+HISTORY = "deployments.json"
+
+
+class _Server:
+    """Triton's HTTP repository API (load / unload / readiness) on a running server."""
+
+    def __init__(self, http: str):
+        self.http = http
+
+    def call(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 300.0) -> tuple:
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        request = urllib.request.Request(f"http://{self.http}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except OSError as error:
+            raise PipelineError(f"no Triton server answers at {self.http}: {error}") from error
+
+    def load(self, name: str, config: Optional[dict] = None) -> tuple:
+        return self.call("POST", f"/v2/repository/models/{name}/load", {"parameters": {"config": json.dumps(config)}} if config else None)
+
+    def unload(self, name: str) -> None:
+        self.call("POST", f"/v2/repository/models/{name}/unload")
+
+    def ready(self, name: str, version: str = "") -> bool:
+        return self.call("GET", f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready", timeout=5)[0] == 200
+
+
+class TritonRunner(Runner):
+    """A served model behind the project's Runner interface (for evaluate's agreement metrics)."""
+
+    def __init__(self, grpc: str, model: str, inputs: List[TensorSpec], output_names: List[str]):
+        import tritonclient.grpc as grpcclient
+
+        self.grpcclient, self.client, self.model = grpcclient, grpcclient.InferenceServerClient(grpc), model
+        self.inputs, self.output_names = inputs, output_names
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensors = []
+        for name, value in feeds.items():
+            tensor = self.grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            tensor.set_data_from_numpy(np.ascontiguousarray(value))
+            tensors.append(tensor)
+        result = self.client.infer(self.model, tensors)
+        return {name: result.as_numpy(name) for name in self.output_names}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def history(model_dir: Path) -> List[dict]:
+    path = model_dir / HISTORY
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _record(model_dir: Path, entry: dict) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_json(model_dir / HISTORY, history(model_dir) + [{**entry, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
+
+
+def _serve_only(server: _Server, model_dir: Path, name: str, version: str) -> None:
+    """Make ``version`` the one served version: Triton loads it while the old one keeps serving, then retires the old."""
+    config = json.loads(json.dumps(_config_json(model_dir)))
+    config["version_policy"] = {"specific": {"versions": [int(version)]}}
+    status, body = server.load(name, config)
+    if status != 200 or not server.ready(name, version):
+        raise PipelineError(f"Triton could not serve {name} version {version}: {body}")
+
+
+def _config_json(model_dir: Path) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(read_config(model_dir / "config.pbtxt"), preserving_proto_field_name=True)
+
+
+def deploy(package: Path, repository: Path, name: str, http: str, grpc: str, execution_env: Path,
+           smoke_check: Callable[[Runner, str, str], List[str]]) -> dict:
+    """Promote ``package`` (a Python-form model) to the next version of model ``name`` in ``repository``;
+    returns the history entry. ``smoke_check(runner, grpc_url, model_name)`` returns why the candidate
+    is unfit (nothing: fit)."""
+    server = _Server(http)
+    config = read_config(package / "config.pbtxt")
+    model_dir = repository / name
+    served = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    version = str(max(served, default=0) + 1)
+    entry = {"version": int(version), "build": config.parameters["pipeline_build"].string_value,
+             "config_hash": config.parameters["pipeline_config_hash"].string_value}
+    candidate = f"{name}-candidate"
+    candidate_dir = live_copy(package, repository, VERSION, execution_env, name=candidate)
+    try:
+        status, body = server.load(candidate)
+        if status != 200 or not server.ready(candidate):
+            reasons = [f"the candidate did not load: {body.strip()[:600]}"]
+        else:
+            inputs = [TensorSpec(name=i.name, shape=[-1, *i.dims]) for i in config.input]
+            runner = TritonRunner(grpc, candidate, inputs, [o.name for o in config.output])
+            try:
+                reasons = smoke_check(runner, grpc, candidate)
+            finally:
+                runner.close()
+    finally:
+        server.unload(candidate)
+        shutil.rmtree(candidate_dir, ignore_errors=True)
+    if reasons:
+        _record(model_dir, {**entry, "outcome": "rejected", "reasons": reasons})
+        raise PipelineError(f"deployment of {entry['build']} as {name} version {version} rejected; the previous version keeps serving: "
+                            + "; ".join(reasons))
+    live_copy(package, repository, version, execution_env, name=name)
+    _serve_only(server, model_dir, name, version)
+    _record(model_dir, {**entry, "outcome": "deployed"})
+    return history(model_dir)[-1]
+
+
+def rollback(repository: Path, name: str, http: str) -> dict:
+    """Serve the deployment before the current one again."""
+    model_dir = repository / name
+    deployed = [e for e in history(model_dir) if e["outcome"] in ("deployed", "rolled back")]
+    if len(deployed) < 2:
+        raise PipelineError(f"{name} has no earlier good version to roll back to (history: {model_dir / HISTORY})")
+    current, previous = deployed[-1], deployed[-2]
+    _serve_only(_Server(http), model_dir, name, str(previous["version"]))
+    _record(model_dir, {"version": previous["version"], "build": previous["build"], "config_hash": previous["config_hash"],
+                        "outcome": "rolled back", "from_version": current["version"]})
+    return history(model_dir)[-1]
+

@@ -1,0 +1,38 @@
+"""deploy / rollback (project commands, not DVC stages): promote a packaged build into a live model
+repository served by a running Triton server, checked against the build's own gates first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backends.onnxruntime_backend import load_onnx_runner
+from ..cli import console
+from ..config.load import BuildContext
+from ..data import load_dataset, make_splits
+from ..evaluate.validate import check_gates, evaluate
+from ..paths import build_paths, model_paths
+from ..serving import deploy as deployment
+from ..serving.load import closed_loop
+from .serve_step import serving_environment
+
+
+def deploy(ctx: BuildContext, repository: Path, http: str, grpc: str, name: str = "") -> dict:
+    """Deploy the build's package as the next version of the served model ``name`` (default: the model's name)."""
+    serving = ctx.config.serving
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
+    reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified)
+
+    def smoke_check(candidate, grpc_url: str, model: str) -> list:
+        metrics = evaluate(candidate, reference, dataset, validation, ctx.model.task, batch_size=min(serving.max_batch_size, 16))
+        reasons = check_gates(metrics, ctx.model.gates)
+        load = closed_loop(grpc_url, model, [dataset.load([i]) for i in validation], max(serving.concurrency), min(serving.seconds_per_level, 2.0))
+        if load["errors"]:
+            reasons.append(f"{load['errors']} failed requests under load ({load.get('first_error', '')})")
+        if not load["p99_ms"] <= serving.p99_budget_ms:
+            reasons.append(f"p99 = {load['p99_ms']:.1f} ms at concurrency {load['concurrency']}, limit <= {serving.p99_budget_ms:g} ms")
+        console.print(f"  candidate {ctx.name}: {({k: metrics[k] for k in ('top1_agreement', 'cosine_mean', 'retrieval_agreement') if k in metrics})}, "
+                      f"p99 {load['p99_ms']:.1f} ms -> {'fit' if not reasons else 'unfit: ' + '; '.join(reasons)}")
+        return reasons
+
+    package = build_paths(ctx.config, ctx.name).serving_dir / "python" / ctx.name
+    return deployment.deploy(package, Path(repository), name or ctx.entry.model, http, grpc, serving_environment(), smoke_check)
