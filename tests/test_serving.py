@@ -3,7 +3,6 @@ repositories written through Triton's protobuf, the serve stage's correctness, l
 server process outliving a test, a failed stage, Ctrl-C or a killed parent."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -184,6 +183,7 @@ def test_deploy_promotes_good_versions_rejects_broken_ones_and_rolls_back_withou
 
     from pipeline.data import load_dataset
     from pipeline.serving.deploy import history, rollback
+    from pipeline.serving.load import infer_inputs
     from pipeline.steps.deploy_step import deploy
 
     from .conftest import private_copy
@@ -223,11 +223,10 @@ def test_deploy_promotes_good_versions_rejects_broken_ones_and_rolls_back_withou
 
         def client():
             connection = grpcclient.InferenceServerClient(server.grpc)
-            request = grpcclient.InferInput("input", list(feeds["input"].shape), "FP32")
-            request.set_data_from_numpy(feeds["input"])
+            (request,) = infer_inputs(grpcclient, [feeds])
             while not stop.is_set():
                 try:
-                    answers.append(connection.infer("digits", [request]).get_response().model_version)
+                    answers.append(connection.infer("digits", request).get_response().model_version)
                 except Exception as error:  # every failure is recorded, then asserted on
                     answers.append(f"error: {error}")
                 time.sleep(0.01)
@@ -252,12 +251,7 @@ def test_deploy_promotes_good_versions_rejects_broken_ones_and_rolls_back_withou
         assert not [a for a in answers if a.startswith("error")], "no request failed while versions changed"
         assert answers[-1] == "2"
         assert rollback(repository, "digits", server.http)["version"] == 1
-        assert grpcclient.InferenceServerClient(server.grpc).infer("digits", [_input(grpcclient, feeds)]).get_response().model_version == "1"
+        assert grpcclient.InferenceServerClient(server.grpc).infer("digits", infer_inputs(grpcclient, [feeds])[0]).get_response().model_version == "1"
     outcomes = [(e["version"], e["outcome"]) for e in history(repository / "digits")]
     assert outcomes == [(1, "deployed"), (2, "rejected"), (2, "rejected"), (2, "deployed"), (1, "rolled back")]
 
-
-def _input(grpcclient, feeds):
-    tensor = grpcclient.InferInput("input", list(feeds["input"].shape), "FP32")
-    tensor.set_data_from_numpy(feeds["input"])
-    return tensor

@@ -19,6 +19,7 @@ from ..backends import Runner
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
 from ..io import write_json
+from .load import infer_inputs
 from .repository import VERSION, live_copy, read_config
 
 HISTORY = "deployments.json"
@@ -61,13 +62,7 @@ class TritonRunner(Runner):
         self.inputs, self.output_names = inputs, output_names
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        from tritonclient.utils import np_to_triton_dtype
-
-        tensors = []
-        for name, value in feeds.items():
-            tensor = self.grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(np.ascontiguousarray(value))
-            tensors.append(tensor)
+        (tensors,) = infer_inputs(self.grpcclient, [feeds])
         result = self.client.infer(self.model, tensors)
         return {name: result.as_numpy(name) for name in self.output_names}
 

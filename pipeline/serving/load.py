@@ -19,7 +19,8 @@ def _client(url: str):
     return grpcclient, grpcclient.InferenceServerClient(url)
 
 
-def _requests(grpcclient, samples: List[Dict[str, np.ndarray]]) -> list:
+def infer_inputs(grpcclient, samples: List[Dict[str, np.ndarray]]) -> list:
+    """Triton gRPC inputs for each sample's feeds (built once, reused by every request)."""
     from tritonclient.utils import np_to_triton_dtype
 
     built = []
@@ -38,7 +39,7 @@ def infer(url: str, model: str, samples: List[Dict[str, np.ndarray]], outputs: L
     grpcclient, client = _client(url)
     try:
         results = []
-        for inputs in _requests(grpcclient, samples):
+        for inputs in infer_inputs(grpcclient, samples):
             result = client.infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
             results.append({name: result.as_numpy(name) for name in outputs})
         return results
@@ -67,7 +68,7 @@ def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], conc
     """``concurrency`` requests always in flight (each completion issues the next) for ``seconds``;
     client latency percentiles, throughput and errors, and the server's own view of the same window."""
     grpcclient, client = _client(url)
-    requests = _requests(grpcclient, samples)
+    requests = infer_inputs(grpcclient, samples)
     latencies: List[float] = []
     errors: List[str] = []
     lock, finished = threading.Lock(), threading.Event()
