@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,23 +53,34 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
+def _lock_key(temporary: Path) -> Path:
+    """The output whose lock guards a temporary: ``.<output>.<random>.tmp`` -> <output>; a scratch
+    folder ``.<output>.scratch-<random>.tmp`` has a lock of its own."""
+    name = temporary.name[1 : -len(".tmp")]
+    return temporary.parent / (name if ".scratch-" in name else name.rsplit(".", 1)[0])
+
+
 def remove_stale_temporaries(root: str | os.PathLike) -> int:
-    """Temporaries under ``root`` whose writer is gone (killed): removed, unless a live writer holds
-    their output's lock. Stages call this on start, so a kill leaves nothing behind for long, even
-    when DVC restores the killed stage's output from its run-cache instead of rerunning it."""
+    """Temporaries (and lock files) under ``root`` whose writer is gone (killed): removed, unless a
+    live writer holds their lock. Stages call this on start, so a kill leaves nothing behind for long,
+    even when DVC restores the killed stage's output from its run-cache instead of rerunning it."""
     from .errors import PipelineError
 
     removed = 0
     for temporary in sorted(Path(root).rglob(".*.tmp")):
-        name = temporary.name[1:].rsplit(".", 2)[0]  # .<output name>.<random>.tmp
-        final = temporary.parent / name
         try:
-            with output_lock(final):
+            with output_lock(_lock_key(temporary)):
                 if temporary.exists():
                     _remove(temporary)
                     removed += 1
         except PipelineError:
             continue  # a live writer: not stale
+    for lock in sorted(Path(root).rglob(".*.lock")):  # left by a killed writer; taking it removes it
+        try:
+            with output_lock(lock.parent / lock.name[1 : -len(".lock")]):
+                pass
+        except (PipelineError, FileNotFoundError):
+            continue
     return removed
 
 
@@ -117,11 +129,14 @@ def scratch_dir(output: str | os.PathLike) -> Iterator[Path]:
     the next run of the writer or any stage's start removes it (its name is a stale temporary's)."""
     final = Path(output)
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.scratch-", suffix=".tmp", dir=final.parent))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    key = final.parent / f"{final.name}.scratch-{secrets.token_hex(6)}"
+    with output_lock(key):  # held while the folder lives: no other run's sweep takes it as stale
+        work = key.parent / f".{key.name}.tmp"
+        work.mkdir()
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _finite(data: Any) -> Any:

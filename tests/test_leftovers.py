@@ -14,7 +14,7 @@ import pytest
 from pipeline import steps
 from pipeline.config import resolve_build, resolve_model
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir, output_lock, remove_stale_temporaries
+from pipeline.io import atomic_dir, output_lock, remove_stale_temporaries, scratch_dir
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import REPO, compose_config
@@ -85,10 +85,12 @@ def test_stale_temporaries_go_and_live_ones_stay(tmp_path):
     (tmp_path / ".engine.abc123.tmp").mkdir()
     (tmp_path / ".engine.abc123.tmp" / "model.onnx").write_bytes(b"half")
     (tmp_path / ".validate.json.x1y2.tmp").write_text("{")
-    with atomic_dir(tmp_path / "calibrated") as live:
+    (tmp_path / ".serve.json.scratch-0a1b.tmp").mkdir()  # a killed stage's scratch folder
+    (tmp_path / ".benchmark.json.lock").write_text("")  # a killed writer's lock file
+    with atomic_dir(tmp_path / "calibrated") as live, scratch_dir(tmp_path / "calibrated") as scratch:
         (live / "model.onnx").write_bytes(b"in progress")
-        assert remove_stale_temporaries(tmp_path) == 2
-        assert live.is_dir(), "a writer holding its lock keeps its temporary folder"
+        assert remove_stale_temporaries(tmp_path) == 3
+        assert live.is_dir() and scratch.is_dir(), "a live writer's temporary and scratch folders stay"
         with pytest.raises(PipelineError, match=r"another run is writing .*calibrated right now"):
             with output_lock(tmp_path / "calibrated"):
                 pass
