@@ -1,7 +1,7 @@
 """trt-pipeline: declarative PyTorch -> ONNX -> calibrated engine pipeline.
 
 Layers, each importing only from those above it:
-config -> data -> onnx_tools -> backends -> evaluate -> report.
+config -> data -> models -> onnx_tools -> backends -> evaluate -> serving -> report; steps/ on top.
 """
 import os
 
