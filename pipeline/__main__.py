@@ -39,29 +39,17 @@ def serve_foreground(args) -> None:
     import time
 
     from .config import load_params, resolve_build
-    from .io import scratch_dir
-    from .paths import build_paths
-    from .serving.repository import VERSION, live_copy
-    from .serving.server import TritonServer
-    from .steps.serve_step import serving_environment
+    from .steps.serve_step import served
 
     ctx = resolve_build(load_params(args.params), args.build)
-    paths = build_paths(ctx.config, ctx.name)
-    package = paths.serving_dir / "python" / ctx.name
-    if not (package / "config.pbtxt").is_file():
-        raise PipelineError(f"{ctx.name} is not packaged: run `dvc repro package@{ctx.name}` first")
-    with scratch_dir(paths.serving_dir) as work:
-        live_copy(package, work / "repository", VERSION, serving_environment())
-        with TritonServer(work / "repository", work / "tritonserver.log", args.http_port, args.grpc_port, args.metrics_port,
-                          startup_timeout_s=ctx.config.serving.startup_timeout_s) as server:
-            server.wait_model_ready(ctx.name, timeout_s=ctx.config.serving.startup_timeout_s)
-            console.print(f"serving {ctx.name}: gRPC {server.grpc}, HTTP {server.http}, metrics {server.metrics_url}")
-            console.print(f"  liveness  probe: GET http://{server.http}/v2/health/live")
-            console.print(f"  readiness probe: GET http://{server.http}/v2/health/ready  (model: /v2/models/{ctx.name}/ready)")
-            console.print("  Ctrl-C stops the server")
-            while server.process.poll() is None:
-                time.sleep(0.5)
-            raise PipelineError(f"Triton exited with status {server.process.returncode}; log tail:\n{server.log_tail()}")
+    with served(ctx, args.http_port, args.grpc_port, args.metrics_port) as (server, _):
+        console.print(f"serving {ctx.name}: gRPC {server.grpc}, HTTP {server.http}, metrics {server.metrics_url}")
+        console.print(f"  liveness  probe: GET http://{server.http}/v2/health/live")
+        console.print(f"  readiness probe: GET http://{server.http}/v2/health/ready  (model: /v2/models/{ctx.name}/ready)")
+        console.print("  Ctrl-C stops the server")
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        raise PipelineError(f"Triton exited with status {server.process.returncode}; log tail:\n{server.log_tail()}")
 
 
 def main() -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 
@@ -21,35 +19,9 @@ from ..errors import PipelineError
 from ..io import write_json
 from .load import infer_inputs
 from .repository import VERSION, live_copy, read_config
+from .server import TritonHttp
 
 HISTORY = "deployments.json"
-
-
-class _Server:
-    """Triton's HTTP repository API (load / unload / readiness) on a running server."""
-
-    def __init__(self, http: str):
-        self.http = http
-
-    def call(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 300.0) -> tuple:
-        data = json.dumps(body or {}).encode() if method == "POST" else None
-        request = urllib.request.Request(f"http://{self.http}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, response.read().decode(errors="replace")
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode(errors="replace")
-        except OSError as error:
-            raise PipelineError(f"no Triton server answers at {self.http}: {error}") from error
-
-    def load(self, name: str, config: Optional[dict] = None) -> tuple:
-        return self.call("POST", f"/v2/repository/models/{name}/load", {"parameters": {"config": json.dumps(config)}} if config else None)
-
-    def unload(self, name: str) -> None:
-        self.call("POST", f"/v2/repository/models/{name}/unload")
-
-    def ready(self, name: str, version: str = "") -> bool:
-        return self.call("GET", f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready", timeout=5)[0] == 200
 
 
 class TritonRunner(Runner):
@@ -80,9 +52,9 @@ def _record(model_dir: Path, entry: dict) -> None:
     write_json(model_dir / HISTORY, history(model_dir) + [{**entry, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
 
 
-def _serve_only(server: _Server, model_dir: Path, name: str, version: str) -> None:
+def _serve_only(server: TritonHttp, model_dir: Path, name: str, version: str) -> None:
     """Make ``version`` the one served version: Triton loads it while the old one keeps serving, then retires the old."""
-    config = json.loads(json.dumps(_config_json(model_dir)))
+    config = _config_json(model_dir)
     config["version_policy"] = {"specific": {"versions": [int(version)]}}
     status, body = server.load(name, config)
     if status != 200 or not server.ready(name, version):
@@ -100,7 +72,9 @@ def deploy(package: Path, repository: Path, name: str, http: str, grpc: str, exe
     """Promote ``package`` (a Python-form model) to the next version of model ``name`` in ``repository``;
     returns the history entry. ``smoke_check(runner, grpc_url, model_name)`` returns why the candidate
     is unfit (nothing: fit)."""
-    server = _Server(http)
+    server = TritonHttp(http)
+    if not server.live():
+        raise PipelineError(f"no Triton server answers at {http}: start one in explicit model-control mode on {repository}")
     config = read_config(package / "config.pbtxt")
     model_dir = repository / name
     served = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
@@ -140,7 +114,7 @@ def rollback(repository: Path, name: str, http: str) -> dict:
     if len(deployed) < 2:
         raise PipelineError(f"{name} has no earlier good version to roll back to (history: {model_dir / HISTORY})")
     current, previous = deployed[-1], deployed[-2]
-    _serve_only(_Server(http), model_dir, name, str(previous["version"]))
+    _serve_only(TritonHttp(http), model_dir, name, str(previous["version"]))
     _record(model_dir, {"version": previous["version"], "build": previous["build"], "config_hash": previous["config_hash"],
                         "outcome": "rolled back", "from_version": current["version"]})
     return history(model_dir)[-1]

@@ -8,6 +8,7 @@ the nvidia-pytriton wheel (which has no other backend).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -27,9 +28,10 @@ RUNNER_MODULES = ["__init__.py", "errors.py", "io.py", "config/__init__.py", "co
 VERSION = "1"
 
 
+@functools.lru_cache(maxsize=None)
 def model_config_pb2():
-    """tritonclient's generated ModelConfig module, loaded from its file: importing the tritonclient.grpc
-    package needs grpcio, which writing a config does not."""
+    """tritonclient's generated ModelConfig module, loaded once from its file: importing the
+    tritonclient.grpc package needs grpcio, which writing a config does not."""
     spec = importlib.util.find_spec("tritonclient")
     if spec is None or not spec.submodule_search_locations:
         raise PipelineError("writing Triton model configs needs tritonclient: run `make venv` (requirements-serving.txt)")

@@ -8,6 +8,7 @@ process group) on exit, on an exception and on Ctrl-C, and it dies with its pare
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -62,6 +63,39 @@ def find_triton() -> TritonInstall:
     return TritonInstall(binary, os.pathsep.join(str(p) for p in libs if p.is_dir()), backends)
 
 
+class TritonHttp:
+    """Triton's HTTP API at ``address`` (host:port): health, model readiness, repository load/unload."""
+
+    def __init__(self, address: str):
+        self.address = address
+
+    def request(self, method: str, path: str, body: Optional[dict] = None, timeout: float = 5.0) -> tuple:
+        """(status, body); status 0 when nothing answers (a server still starting, or none)."""
+        data = json.dumps(body or {}).encode() if method == "POST" else None
+        request = urllib.request.Request(f"http://{self.address}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except OSError as error:
+            return 0, str(error)
+
+    def live(self) -> bool:
+        return self.request("GET", "/v2/health/live")[0] == 200
+
+    def ready(self, model: str = "", version: str = "") -> bool:
+        path = "/v2/health/ready" if not model else f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/ready"
+        return self.request("GET", path)[0] == 200
+
+    def load(self, model: str, config: Optional[dict] = None) -> tuple:
+        body = {"parameters": {"config": json.dumps(config)}} if config else None
+        return self.request("POST", f"/v2/repository/models/{model}/load", body, timeout=300.0)
+
+    def unload(self, model: str) -> tuple:
+        return self.request("POST", f"/v2/repository/models/{model}/unload", timeout=300.0)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -110,6 +144,7 @@ class TritonServer:
             if port is not None and _port_in_use(port):
                 raise PipelineError(f"the Triton {kind} port {port} is already in use on 127.0.0.1; choose another or stop what holds it")
             self.ports[kind] = port or free_port()
+        self.api = TritonHttp(self.http)
         command = [str(install.binary), f"--model-repository={self.repository.resolve()}", f"--backend-directory={install.backends}",
                    f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}", f"--metrics-port={self.ports['metrics']}",
                    "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--log-verbose=0", "--exit-on-error=true",
@@ -141,40 +176,23 @@ class TritonServer:
         errors = [line[:400] for line in text if line.startswith("E") and line[1:5].isdigit()]
         return "\n".join(errors[:5] + ["..."] + text[-lines:] if errors else text[-lines:])
 
-    def get(self, path: str, timeout: float = 2.0) -> int:
-        """HTTP status of GET ``path`` on the server (0 when nothing answers)."""
-        try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=timeout) as response:
-                return response.status
-        except urllib.error.HTTPError as error:
-            return error.code
-        except OSError:
-            return 0
-
-    def post(self, path: str, timeout: float = 120.0) -> tuple:
-        request = urllib.request.Request(f"http://{self.http}{path}", data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, response.read().decode(errors="replace")
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode(errors="replace")
-
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise PipelineError(f"Triton exited with status {self.process.returncode} while starting; server log ({self.log_path}):\n{self.log_tail()}")
-            if self.get("/v2/health/live") == 200 and self.get("/v2/health/ready") == 200:
+            if self.api.live() and self.api.ready():
                 return
             time.sleep(0.1)
         raise PipelineError(f"Triton was not ready within {self.startup_timeout_s:.0f} s; server log ({self.log_path}):\n{self.log_tail()}")
 
-    def wait_model_ready(self, name: str, version: str = "", timeout_s: float = 60.0) -> None:
-        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
+    def wait_model_ready(self, name: str, version: str = "", timeout_s: float = 60.0) -> float:
+        """Seconds until model ``name`` (``version``) was ready."""
+        started = time.perf_counter()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.get(path) == 200:
-                return
+            if self.api.ready(name, version):
+                return time.perf_counter() - started
             if self.process.poll() is not None:
                 raise PipelineError(f"Triton died while loading model '{name}'; server log:\n{self.log_tail()}")
             time.sleep(0.1)

@@ -3,9 +3,10 @@ engine, a closed-loop concurrency sweep, Triton's own statistics; gates fail the
 metrics. The server lives exactly as long as the ``with`` block."""
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 from pathlib import Path
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
-from ..io import require_file, scratch_dir, write_json
+from ..io import scratch_dir, write_json
 from ..paths import build_paths
 from ..serving.load import closed_loop, infer
 from ..serving.repository import VERSION, live_copy
@@ -29,34 +30,42 @@ def serving_environment() -> Path:
     return env
 
 
+@contextlib.contextmanager
+def served(ctx: BuildContext, http_port: Optional[int] = None, grpc_port: Optional[int] = None,
+           metrics_port: Optional[int] = None) -> Iterator[Tuple[TritonServer, float]]:
+    """The build's Python-form package in a fresh live repository on a Triton server, its model ready:
+    (server, seconds from start to model-ready). The server and the repository go with the block."""
+    paths = build_paths(ctx.config, ctx.name)
+    package = paths.serving_dir / "python" / ctx.name
+    if not (package / "config.pbtxt").is_file():
+        raise PipelineError(f"{ctx.name} is not packaged ({package / 'config.pbtxt'} not found): run `dvc repro package@{ctx.name}` first")
+    env, timeout = serving_environment(), ctx.config.serving.startup_timeout_s
+    with scratch_dir(paths.serve_metrics) as work:
+        repository = work / "repository"
+        live_copy(package, repository, VERSION, env)
+        with TritonServer(repository, work / "tritonserver.log", http_port, grpc_port, metrics_port, startup_timeout_s=timeout) as server:
+            yield server, server.startup_seconds + server.wait_model_ready(ctx.name, timeout_s=timeout)
+
+
 def serve(ctx: BuildContext) -> dict:
     cfg, serving = ctx.config, ctx.config.serving
     paths = build_paths(cfg, ctx.name)
-    package = paths.serving_dir / "python" / ctx.name
-    require_file(package / "config.pbtxt", "Triton package")
-    env = serving_environment()
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
     samples = [dataset.load([index]) for index in validation]
     with get_backend(ctx.target.backend).load(paths.engine_dir, expect=ctx.artifact_identity()) as offline:
         expected = [offline.run(feeds) for feeds in samples]
         outputs = list(offline.output_names)
-    with scratch_dir(paths.serve_metrics) as work:
-        repository = work / "repository"
-        live_copy(package, repository, VERSION, env)
-        with TritonServer(repository, work / "tritonserver.log", startup_timeout_s=serving.startup_timeout_s) as server:
-            started = time.perf_counter()
-            server.wait_model_ready(ctx.name, timeout_s=serving.startup_timeout_s)
-            ready_seconds = server.startup_seconds + (time.perf_counter() - started)
-            console.print(f"  {ctx.name}: Triton ready in {ready_seconds:.1f} s (gRPC {server.grpc}, HTTP {server.http})")
-            served = infer(server.grpc, ctx.name, samples, outputs)
-            agreement = _agreement(served, expected, serving.agreement_atol, serving.agreement_rtol)
-            rows = []
-            for level in serving.concurrency:
-                row = closed_loop(server.grpc, ctx.name, samples, level, serving.seconds_per_level)
-                rows.append(row)
-                console.print(f"  {ctx.name} concurrency {level:>3}: {row['throughput']:.1f} req/s  p50 {row['p50_ms']:.1f} ms  "
-                              f"p99 {row['p99_ms']:.1f} ms  mean batch {row['mean_batch_size']:.1f}  errors {row['errors']}")
+    with served(ctx) as (server, ready_seconds):
+        console.print(f"  {ctx.name}: Triton ready in {ready_seconds:.1f} s (gRPC {server.grpc}, HTTP {server.http})")
+        answers = infer(server.grpc, ctx.name, samples, outputs)
+        agreement = _agreement(answers, expected, serving.agreement_atol, serving.agreement_rtol)
+        rows = []
+        for level in serving.concurrency:
+            row = closed_loop(server.grpc, ctx.name, samples, level, serving.seconds_per_level)
+            rows.append(row)
+            console.print(f"  {ctx.name} concurrency {level:>3}: {row['throughput']:.1f} req/s  p50 {row['p50_ms']:.1f} ms  "
+                          f"p99 {row['p99_ms']:.1f} ms  mean batch {row['mean_batch_size']:.1f}  errors {row['errors']}")
     failures = list(agreement.pop("problems"))
     failures += [f"p99 at concurrency {r['concurrency']} = {r['p99_ms']:.1f} ms, limit <= {serving.p99_budget_ms:g} ms"
                  for r in rows if not r["p99_ms"] <= serving.p99_budget_ms]
