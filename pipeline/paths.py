@@ -64,6 +64,10 @@ class BuildPaths:
         return self.metrics / "serve.json"
 
     @property
+    def batching_metrics(self) -> Path:  # the batching package wrote: configured, or the search's winner and trials
+        return self.metrics / "batching.json"
+
+    @property
     def calibrate_metrics(self) -> Path:  # how long calibration took: varies run to run, so not in the artifact
         return self.metrics / "calibrate.json"
 

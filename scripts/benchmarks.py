@@ -252,11 +252,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold", action="store_true", help="also time a cold `dvc repro` in a fresh clone (~5 min)")
     parser.add_argument("--issue4", action="store_true", help="also MiniLM INT8 speed/accuracy and ResNet-50 calibration time (~5 min)")
+    parser.add_argument("--serving", action="store_true", help="also the serving floors on a real Triton server (~5 min)")
     parser.add_argument("--output", default="docs/benchmarks.md")
     args = parser.parse_args()
     cfg = load_params(REPO / "params.yaml")
     machine = cpu_description()
-    lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --issue4' if args.issue4 else ''}`)",
+    lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --issue4' if args.issue4 else ''}{' --serving' if args.serving else ''}`)",
              "after `make run`; every comparison runs side by side in one process, in alternating blocks, and is given as a ratio.", ""]
 
     lines += ["## INT8 artifact vs plain ONNX Runtime (resnet18, CPU)", "",
@@ -289,6 +290,10 @@ def main() -> None:
 
     if args.issue4:
         lines += issue4_section(REPO / "params.yaml", kernels["matmul"])
+    if args.serving:
+        from serving_benchmarks import serving_section
+
+        lines += serving_section(cfg, cfg.serving.p99_budget_ms)
 
     timed(["dvc", "repro"], REPO)  # re-hashes what the calibrate run above rewrote (same bytes)
     noop = sorted(timed(["dvc", "repro"], REPO) for _ in range(5))

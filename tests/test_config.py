@@ -156,6 +156,12 @@ def test_docs_targets_md_is_generated_from_conf():
         ("precision.int8.dtype=float16", "precision.int8.dtype = 'float16': precision mode qdq converts to ['float8e4m3fn', 'int8']"),
         ("+calibration.mode=implicit", "Key 'mode' not in 'CalibrationConfig'"),
         ("model=[digits_cnn,../target/cpu]", "model option '../target/cpu' in 'model=[digits_cnn,../target/cpu]' is not an option name"),
+        # Serving gates and searches that cannot be met or measured.
+        ("serving.p99_budget_ms=0", "serving.p99_budget_ms = 0.0: must be > 0"),
+        ("serving.agreement_samples=600", "serving.agreement_samples = 600: at most dataset.digits.num_validation=497"),
+        ("serving.search.preferred_batch_sizes=[[64]]", "serving.search.preferred_batch_sizes = [[64]]: a non-empty list of lists ([] allowed) "
+         "of sizes in [1, serving.max_batch_size=32]"),
+        ("serving.search.concurrency=[]", "serving.search.concurrency = []: a non-empty list of levels >= 1"),
     ],
 )
 def test_out_of_range_values_fail_at_compose_time(tmp_path, override, expected):

@@ -102,6 +102,12 @@ def test_serve_stage_answers_like_the_offline_engine_under_load(served):
     assert metrics["ready_seconds"] < cfg.serving.startup_timeout_s
     plot = read_json(build_paths(cfg, BUILD).serving_plot)
     assert [row["concurrency"] for row in plot] == cfg.serving.concurrency
+    scenario = metrics["server_scenario"]  # MLPerf server scenario: Poisson arrivals at rising rates
+    rates = [probe["offered_rate"] for probe in scenario["probes"]]
+    assert len(rates) == cfg.serving.server_scenario.probes and rates[1] == 2 * rates[0]
+    held = [p for p in scenario["probes"] if p["within_budget"]]
+    assert held and scenario["max_rate_within_budget"] == max(p["offered_rate"] for p in held)
+    assert all(p["p99_ms"] <= cfg.serving.p99_budget_ms and p["errors"] == 0 and p["requests"] > 0 for p in held)
 
 
 def test_a_missed_serving_gate_writes_metrics_then_fails(served):
@@ -112,6 +118,61 @@ def test_a_missed_serving_gate_writes_metrics_then_fails(served):
     with pytest.raises(PipelineError, match=r"serving gate failed for digits_cnn-cpu-int8: p99 at concurrency 1 = [\d.]+ ms, limit <= 0.001 ms"):
         steps.serve(dataclasses.replace(ctx, config=tight))
     assert read_json(build_paths(cfg, BUILD).serve_metrics)["gates_passed"] is False
+
+
+def test_the_batching_search_packages_the_fastest_configuration_within_the_budget(served):
+    """Every candidate really served; the winner is the highest throughput within p99 and both forms
+    carry it. A budget nothing meets fails naming the best p99, and leaves the package as it was."""
+    import dataclasses
+
+    cfg, ctx, written, _ = served
+    search = dataclasses.replace(cfg.serving.search, enabled=True, instances=[1], max_queue_delay_us=[500, 20000],
+                                 preferred_batch_sizes=[[]], concurrency=[2, 8], seconds_per_trial=0.7)
+    searching = dataclasses.replace(ctx, config=dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, search=search)))
+    steps.package(searching)
+    result = read_json(build_paths(cfg, BUILD).batching_metrics)
+    trials = result["trials"]
+    assert result["searched"] and {(t["max_queue_delay_us"], t["concurrency"]) for t in trials} <= {(500, 2), (500, 8), (20000, 2), (20000, 8)}
+    assert all(t["requests"] > 0 and t["server_requests"] == t["requests"] for t in trials)
+    best = max((t for t in trials if t["within_budget"]), key=lambda t: t["throughput"])
+    assert (result["winner"]["max_queue_delay_us"], result["winner"]["concurrency"]) == (best["max_queue_delay_us"], best["concurrency"])
+    for form in ("native", "python"):
+        config = read_config(Path(written[form]))
+        assert config.dynamic_batching.max_queue_delay_microseconds == best["max_queue_delay_us"]
+        assert list(config.dynamic_batching.preferred_batch_size) == [] and config.instance_group[0].count == 1
+
+    package = build_paths(cfg, BUILD).serving_dir
+    before = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
+    impossible = dataclasses.replace(searching.config.serving, p99_budget_ms=0.001, search=dataclasses.replace(search, max_queue_delay_us=[500]))
+    with pytest.raises(PipelineError, match=r"no batching configuration meets serving.p99_budget_ms=0.001: the lowest p99 was [\d.]+ ms"):
+        steps.package(dataclasses.replace(ctx, config=dataclasses.replace(cfg, serving=impossible)))
+    assert {p: p.read_bytes() for p in package.rglob("*") if p.is_file()} == before, "a failed search leaves no half-written package"
+    steps.package(ctx)  # the configured batching again, for the tests after this one
+    assert read_json(build_paths(cfg, BUILD).batching_metrics) == {"searched": False, "batching": {
+        "instances": cfg.serving.instances, "max_queue_delay_us": cfg.serving.max_queue_delay_us, "preferred_batch_sizes": cfg.serving.preferred_batch_sizes}}
+
+
+def test_a_build_this_host_cannot_serve_and_a_missing_server_binary_are_one_clear_error_each(served, tmp_path):
+    from pipeline.steps.deploy_step import deploy
+
+    _, _, _, params = served
+    gpu = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[int8]",
+                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    ctx = resolve_build(gpu, "digits_cnn-rtx4090-int8")
+    for attempt in (lambda: steps.serve(ctx), lambda: deploy(ctx, tmp_path / "live", "127.0.0.1:1", "127.0.0.1:2")):
+        with pytest.raises(PipelineError, match=r"digits_cnn-rtx4090-int8 cannot be served here: it is a tensorrt_rtx build on cuda; "
+                                                r"the embedded Triton serves ONNX Runtime CPU builds"):
+            attempt()
+    assert not (tmp_path / "m").exists() and not (tmp_path / "live").exists(), "nothing written for a refused build"
+
+    empty = tmp_path / "no-triton"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "-m", "pipeline", "serve", BUILD, "--params", str(params), "--http-port", str(free_port()),
+                             "--grpc-port", str(free_port()), "--metrics-port", str(free_port())], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, TRT_PIPELINE_SERVING_ENV=str(SERVING_ENV), TRT_PIPELINE_TRITON_HOME=str(empty)))
+    assert result.returncode == 2, result.stdout + result.stderr  # the project's exit status for a clear error
+    assert f"the Triton server binary is missing: {empty / 'bin' / 'tritonserver'} is not a file" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_a_port_in_use_and_a_model_that_fails_to_load_are_one_clear_error_each(served, tmp_path):

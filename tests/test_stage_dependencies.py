@@ -109,8 +109,12 @@ def observed(tmp_path_factory, legacy_onnx):
     _run(root, "dvc", "init", "-q", "--no-scm")
     configurations = [
         (["model=[digits_cnn,onnx_file]", f"model.onnx_file.weights_path={legacy_onnx}", "dataset=[digits]", "benchmark=quick",
-          "serving.concurrency=[1,4]", "serving.seconds_per_level=0.5"], None),
+          "serving.concurrency=[1,4]", "serving.seconds_per_level=0.5", "serving.server_scenario.seconds_per_rate=0.5"], None),
         (["model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[fp16,int8]"], {"calibrate", "build", "package"}),
+        # The batching search (a tiny one) reads what package reads only when it is on.
+        (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "serving.search.enabled=true", "serving.search.instances=[1]",
+          "serving.search.max_queue_delay_us=[1000]", "serving.search.preferred_batch_sizes=[[]]", "serving.search.concurrency=[2]",
+          "serving.search.seconds_per_trial=0.5", "serving.agreement_samples=8"], {"package"}),
     ]
     declared, seen = defaultdict(lambda: defaultdict(set)), defaultdict(lambda: defaultdict(set))
     env = dict(os.environ, PYTHONPATH=str(root), STAGE_READS_ALSO=str(legacy_onnx.parent),

@@ -68,6 +68,23 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     need(bool(serve.concurrency) and all(c >= 1 for c in serve.concurrency), "serving.concurrency", serve.concurrency, "a non-empty list of levels >= 1")
     need(serve.seconds_per_level > 0, "serving.seconds_per_level", serve.seconds_per_level, "must be > 0")
     need(serve.p99_budget_ms > 0, "serving.p99_budget_ms", serve.p99_budget_ms, "must be > 0")
+    search = serve.search
+    need(bool(search.instances) and all(i >= 1 for i in search.instances), "serving.search.instances", search.instances,
+         "a non-empty list of counts >= 1")
+    need(bool(search.max_queue_delay_us) and all(d >= 0 for d in search.max_queue_delay_us), "serving.search.max_queue_delay_us",
+         search.max_queue_delay_us, "a non-empty list of delays >= 0")
+    need(bool(search.preferred_batch_sizes) and all(1 <= b <= serve.max_batch_size for sizes in search.preferred_batch_sizes for b in sizes),
+         "serving.search.preferred_batch_sizes", search.preferred_batch_sizes,
+         f"a non-empty list of lists ([] allowed) of sizes in [1, serving.max_batch_size={serve.max_batch_size}]")
+    need(bool(search.concurrency) and all(c >= 1 for c in search.concurrency), "serving.search.concurrency", search.concurrency,
+         "a non-empty list of levels >= 1")
+    need(search.seconds_per_trial > 0, "serving.search.seconds_per_trial", search.seconds_per_trial, "must be > 0")
+    need(serve.server_scenario.probes >= 1, "serving.server_scenario.probes", serve.server_scenario.probes, "must be >= 1")
+    need(serve.server_scenario.seconds_per_rate > 0, "serving.server_scenario.seconds_per_rate", serve.server_scenario.seconds_per_rate, "must be > 0")
+    for name, data in cfg.dataset.items():  # warm-up and agreement draw from each dataset's validation split
+        for key in ("agreement_samples", "warmup_samples"):
+            need(getattr(serve, key) <= data.num_validation, f"serving.{key}", getattr(serve, key),
+                 f"at most dataset.{name}.num_validation={data.num_validation} (served builds use validation samples)")
 
     for name, data in cfg.dataset.items():
         key = f"dataset.{name}"

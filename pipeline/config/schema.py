@@ -269,6 +269,30 @@ class BenchmarkConfig:
 
 
 @dataclass
+class BatchingSearch:
+    """A bounded search, in the spirit of Triton Model Analyzer, for the dynamic-batching configuration
+    with the highest throughput whose p99 meets serving.p99_budget_ms; package writes the winner."""
+
+    enabled: bool = False  # off: package writes the configured values (pinned)
+    instances: List[int] = field(default_factory=lambda: [1, 2])
+    max_queue_delay_us: List[int] = field(default_factory=lambda: [1000, 5000, 20000])
+    # Each entry is one candidate list; [] lets Triton form any batch up to max_batch_size.
+    preferred_batch_sizes: List[List[int]] = field(default_factory=lambda: [[], [8, 16, 32]])
+    concurrency: List[int] = field(default_factory=lambda: [4, 16, 32])  # client levels per candidate, stops past the budget
+    seconds_per_trial: float = 2.0
+
+
+@dataclass
+class ServerScenario:
+    """MLPerf's server scenario: requests arrive at random (Poisson) at a target rate; the highest rate
+    whose p99 meets serving.p99_budget_ms, found by doubling then bisecting."""
+
+    enabled: bool = True
+    probes: int = 5  # rates tried: doubling until one misses the budget, then bisecting
+    seconds_per_rate: float = 2.0
+
+
+@dataclass
 class ServingConfig:
     """Triton serving of each build: the model repository package writes and the load serve puts on it."""
 
@@ -286,6 +310,8 @@ class ServingConfig:
     concurrency: List[int] = field(default_factory=lambda: [1, 4])  # closed-loop sweep, single-sample requests
     seconds_per_level: float = 3.0  # load time per concurrency level
     p99_budget_ms: float = 200.0  # gate: client p99 at every concurrency level
+    search: BatchingSearch = field(default_factory=BatchingSearch)
+    server_scenario: ServerScenario = field(default_factory=ServerScenario)
 
 
 @dataclass

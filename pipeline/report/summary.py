@@ -60,9 +60,44 @@ def render_markdown(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def collect_serving(cfg: PipelineConfig) -> List[dict]:
+    """The serve stage's figures for each served build (and the batching its package carries)."""
+    rows = []
+    for name in sorted(cfg.servable):
+        paths = build_paths(cfg, name)
+        if not paths.serve_metrics.is_file():  # the library used without the serve stage: said, not hidden
+            rows.append({"build": name, "missing": f"not served yet: `dvc repro serve@{name}`"})
+            continue
+        served = read_json(paths.serve_metrics)
+        levels = sorted((v for k, v in served.items() if k.startswith("concurrency_")), key=lambda row: row["concurrency"])
+        batching = read_json(paths.batching_metrics) if paths.batching_metrics.is_file() else {}
+        rows.append({"build": name, "ready_seconds": served["ready_seconds"], "max_abs_difference": served["agreement"]["max_abs_difference"],
+                     "top": levels[-1], "max_rate": served.get("server_scenario", {}).get("max_rate_within_budget"),
+                     "batching": batching.get("batching"), "searched": batching.get("searched", False), "gates_passed": served["gates_passed"]})
+    return rows
+
+
+def render_serving(rows: List[dict]) -> str:
+    lines = ["## Served on Triton", "", "The Python-backend package on the embedded Triton server: served vs offline outputs, the",
+             "closed-loop sweep's highest concurrency, and MLPerf's server scenario (highest Poisson arrival rate within the p99 budget).", "",
+             "| build | ready s | max served-offline diff | concurrency | req/s | p99 ms | mean batch | max rate within p99 /s | batching | gates |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "missing" in r:
+            lines.append(f"| {r['build']} | {r['missing']} |" + " |" * 8)
+            continue
+        top, b = r["top"], r["batching"]
+        batching = "-" if not b else (f"{b['instances']} inst., delay {b['max_queue_delay_us']} us, preferred {b['preferred_batch_sizes'] or 'any'}"
+                                      + (" (searched)" if r["searched"] else ""))
+        lines.append(f"| {r['build']} | {r['ready_seconds']:.1f} | {r['max_abs_difference']:.2g} | {top['concurrency']} | {top['throughput']:.1f} "
+                     f"| {top['p99_ms']:.1f} | {top['mean_batch_size']:.1f} | {_fmt(r['max_rate'], '.1f')} | {batching} | {'pass' if r['gates_passed'] else 'FAIL'} |")
+    return "\n".join(lines + [""])
+
+
 def write_report(cfg: PipelineConfig, markdown: Path, summary: Path, plot: Path) -> List[dict]:
     rows = collect(cfg)
-    write_text(markdown, render_markdown(rows))
+    serving = collect_serving(cfg)
+    write_text(markdown, render_markdown(rows) + ("\n" + render_serving(serving) if serving else ""))
     write_json(summary, {r["build"]: r for r in rows})
     write_json(plot, rows)
     return rows

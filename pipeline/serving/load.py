@@ -64,6 +64,17 @@ def server_counts(url: str, model: str) -> Dict[str, float]:
             "queue_ns": total("queue", "ns"), "compute_ns": total("compute_infer", "ns") + total("compute_input", "ns") + total("compute_output", "ns")}
 
 
+def settled_counts(url: str, model: str, before: Dict[str, float], answered: int, timeout_s: float = 2.0) -> Dict[str, float]:
+    """Triton's statistics once they include the ``answered`` requests of this window: the server
+    records a request's statistics just after sending its response, so the last ones can lag."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = server_counts(url, model)
+        if after["inferences"] - before["inferences"] >= answered or time.monotonic() > deadline:
+            return after
+        time.sleep(0.02)
+
+
 def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], concurrency: int, seconds: float) -> dict:
     """``concurrency`` requests always in flight (each completion issues the next) for ``seconds``;
     client latency percentiles, throughput and errors, and the server's own view of the same window."""
@@ -108,12 +119,16 @@ def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], conc
     finally:
         client.close()
     elapsed = time.perf_counter() - start
-    after = server_counts(url, model)
+    after = settled_counts(url, model, before, len(latencies) + len(errors))
+    return {"concurrency": concurrency, **_summary(latencies, errors, elapsed, before, after)}
+
+
+def _summary(latencies: List[float], errors: List[str], elapsed: float, before: dict, after: dict) -> dict:
+    """Client percentiles and throughput over a window, with the server's counts for the same window."""
     delta = {key: after[key] - before[key] for key in after}
     ms = np.asarray(latencies) if latencies else np.asarray([np.nan])
     row = {
-        "concurrency": concurrency, "requests": len(latencies), "errors": len(errors), "seconds": elapsed,
-        "throughput": len(latencies) / elapsed,
+        "requests": len(latencies), "errors": len(errors), "seconds": elapsed, "throughput": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
         "server_batches": int(delta["executions"]), "server_requests": int(delta["inferences"]),
@@ -124,3 +139,64 @@ def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], conc
     if errors:
         row["first_error"] = errors[0]
     return row
+
+
+def open_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], rate: float, seconds: float, seed: int = 0) -> dict:
+    """MLPerf's server scenario at one rate: requests arrive at random (Poisson, ``rate`` per second,
+    fixed seed) whether or not earlier ones have finished. Latency counts from each request's scheduled
+    arrival, so a client that falls behind shows up as latency instead of hiding it."""
+    grpcclient, client = _client(url)
+    requests = infer_inputs(grpcclient, samples)
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=max(1, int(rate * seconds * 2) + 16)))
+    arrivals = arrivals[arrivals < seconds]
+    latencies: List[float] = []
+    errors: List[str] = []
+    lock, finished = threading.Lock(), threading.Event()
+    pending = {"count": len(arrivals)}
+
+    def done(scheduled: float, error) -> None:
+        now = time.perf_counter()
+        with lock:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                latencies.append((now - scheduled) * 1000.0)
+            pending["count"] -= 1
+            if pending["count"] == 0:
+                finished.set()
+
+    before = server_counts(url, model)
+    start = time.perf_counter()
+    try:
+        for index, offset in enumerate(arrivals):
+            scheduled = start + float(offset)
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            client.async_infer(model, requests[index % len(requests)], callback=lambda result, error, at=scheduled: done(at, error))
+        if len(arrivals) and not finished.wait(seconds + 120.0):
+            raise PipelineError(f"load at {rate:.1f} requests/s did not drain within {seconds + 120:.0f} s")
+    finally:
+        client.close()
+    elapsed = time.perf_counter() - start
+    return {"offered_rate": rate, **_summary(latencies, errors, elapsed, before, settled_counts(url, model, before, len(latencies) + len(errors)))}
+
+
+def highest_rate_within(url: str, model: str, samples: List[Dict[str, np.ndarray]], p99_budget_ms: float, start_rate: float,
+                        probes: int, seconds: float, report=lambda row: None) -> dict:
+    """MLPerf's server-scenario figure: the highest Poisson arrival rate whose p99 meets the budget with
+    no failed request, from ``probes`` runs: doubling from ``start_rate`` until one misses, then bisecting."""
+    good, bad, rows = 0.0, None, []
+    rate = start_rate
+    for probe in range(probes):
+        row = open_loop(url, model, samples, rate, seconds, seed=probe)
+        row["within_budget"] = bool(row["p99_ms"] <= p99_budget_ms and row["errors"] == 0)
+        rows.append(row)
+        report(row)
+        if row["within_budget"]:
+            good = rate
+        else:
+            bad = rate
+        rate = rate * 2.0 if bad is None else (good + bad) / 2.0
+    # Without a missed rate the figure is a lower bound: more probes (or a longer run) would go higher.
+    return {"max_rate_within_budget": good, "lowest_rate_over_budget": bad, "p99_budget_ms": p99_budget_ms, "probes": rows}

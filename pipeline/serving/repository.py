@@ -50,6 +50,37 @@ def triton_dtype(dtype: np.dtype) -> str:
     return names[np.dtype(dtype).name]
 
 
+@dataclass(frozen=True)
+class Batching:
+    """The dynamic-batching part of a model config: configured (pinned) or found by the batching search."""
+
+    instances: int
+    max_queue_delay_us: int
+    preferred_batch_sizes: List[int]
+
+    @classmethod
+    def configured(cls, serving: ServingConfig) -> "Batching":
+        return cls(serving.instances, serving.max_queue_delay_us, list(serving.preferred_batch_sizes))
+
+    def apply(self, config) -> None:
+        """Set this batching on a Triton ModelConfig, in place."""
+        config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
+        del config.dynamic_batching.preferred_batch_size[:]
+        config.dynamic_batching.preferred_batch_size.extend(sorted({min(b, config.max_batch_size) for b in self.preferred_batch_sizes}))
+        for group in config.instance_group:
+            group.count = self.instances
+
+
+def python_form_problem(backend, device) -> str:
+    """Why this machine's Triton (the wheel's CPU server, Python backend wrapping the ONNX Runtime
+    runner) cannot serve a build of this backend and device (enums or their strings); '' when it can."""
+    backend, device = (str(getattr(option, "value", option)) for option in (backend, device))
+    if backend == "onnxruntime" and device == "cpu":
+        return ""
+    return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime CPU builds (targets with backend "
+            f"onnxruntime, device cpu). Its native package is for a Triton server on its own target")
+
+
 @dataclass
 class TensorInfo:
     name: str
@@ -73,14 +104,12 @@ def read_config(path: Path):
     return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2().ModelConfig())
 
 
-def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, serving: ServingConfig,
-                 warmup: Dict[str, np.ndarray], parameters: Dict[str, str]):
+def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, warmup: Dict[str, np.ndarray], parameters: Dict[str, str]):
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, max_batch_size=max_batch)
     for info, field in [(i, config.input) for i in inputs] + [(o, config.output) for o in outputs]:
         field.add(name=info.name, data_type=getattr(pb.DataType, triton_dtype(info.dtype)), dims=info.dims)
-    config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
-    config.dynamic_batching.preferred_batch_size.extend(sorted({min(b, max_batch) for b in serving.preferred_batch_sizes}))
+    config.dynamic_batching.SetInParent()
     config.version_policy.latest.num_versions = 1
     for index in range(len(next(iter(warmup.values()))) if warmup else 0):  # one step per real sample
         step = config.model_warmup.add(name=f"validation_sample_{index}", batch_size=1, count=1)
@@ -104,7 +133,7 @@ def _warmup_files(model_dir: Path, warmup: Dict[str, np.ndarray]) -> None:
 
 
 def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int],
-                       inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, serving: ServingConfig,
+                       inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, batching: Batching, threads: int,
                        warmup: Dict[str, np.ndarray], fingerprint: Dict[str, str]) -> Dict[str, Path]:
     """``out/native/<name>`` and ``out/python/<name>``; returns the config.pbtxt of each form."""
     pb = model_config_pb2()
@@ -113,19 +142,20 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
 
     native_dir = out / "native" / name
     (native_dir / VERSION).mkdir(parents=True)
-    native = _base_config(name, inputs, outputs, max_batch, serving, warmup, fingerprint)
+    native = _base_config(name, inputs, outputs, max_batch, warmup, fingerprint)
     artifact = engine_dir / sidecar["artifact"]
     if sidecar["backend"] == "onnxruntime":
         native.platform, native.backend = "onnxruntime_onnx", "onnxruntime"
         shutil.copyfile(artifact, native_dir / VERSION / "model.onnx")
-        if serving.intra_op_threads:
-            native.parameters["intra_op_thread_count"].string_value = str(serving.intra_op_threads)
+        if threads:
+            native.parameters["intra_op_thread_count"].string_value = str(threads)
     else:
         native.platform, native.backend = "tensorrt_plan", "tensorrt"
         shutil.copyfile(artifact, native_dir / VERSION / "model.plan")
-    group = native.instance_group.add(count=serving.instances, kind=kind)
+    group = native.instance_group.add(kind=kind)
     if device == Device.cuda:
         group.gpus.extend(gpus)
+    batching.apply(native)
     _warmup_files(native_dir, warmup)
     write_config(native_dir / "config.pbtxt", native)
     written["native"] = native_dir / "config.pbtxt"
@@ -141,9 +171,10 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     shutil.copytree(engine_dir, version_dir / "engine")
     # Per version (the config is per model, shared by every version): which build this version holds.
     (version_dir / "package.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    wrapped = _base_config(name, inputs, outputs, max_batch, serving, warmup, {**fingerprint, "intra_op_threads": str(serving.intra_op_threads)})
+    wrapped = _base_config(name, inputs, outputs, max_batch, warmup, {**fingerprint, "intra_op_threads": str(threads)})
     wrapped.backend = "python"
-    wrapped.instance_group.add(count=serving.instances, kind=pb.ModelInstanceGroup.KIND_CPU if device == Device.cpu else kind)
+    wrapped.instance_group.add(kind=kind)
+    batching.apply(wrapped)
     _warmup_files(python_dir, warmup)
     write_config(python_dir / "config.pbtxt", wrapped)
     written["python"] = python_dir / "config.pbtxt"

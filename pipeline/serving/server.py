@@ -8,6 +8,7 @@ process group) on exit, on an exception and on Ctrl-C, and it dies with its pare
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -36,21 +37,29 @@ class TritonInstall:
 
 
 def find_triton() -> TritonInstall:
-    """The server from the installed nvidia-pytriton wheel, or one error saying how to install it."""
-    spec = find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError("serving needs Triton Inference Server from the nvidia-pytriton wheel: run `make venv` "
-                            "(it installs nvidia-pytriton==0.7.0 with --no-deps from requirements-serving.txt)")
-    package = Path(list(spec.submodule_search_locations)[0])
-    triton = package / "tritonserver"
+    """The server from the installed nvidia-pytriton wheel (or the folder laid out like the wheel's
+    ``tritonserver/`` that TRT_PIPELINE_TRITON_HOME names), or one error saying how to install it."""
+    if os.environ.get("TRT_PIPELINE_TRITON_HOME"):
+        triton = Path(os.environ["TRT_PIPELINE_TRITON_HOME"])
+        wheel_libs = triton.parent / "nvidia_pytriton.libs"
+    else:
+        spec = find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise PipelineError("serving needs Triton Inference Server from the nvidia-pytriton wheel: run `make venv` "
+                                "(it installs nvidia-pytriton==0.7.0 with --no-deps from requirements-serving.txt)")
+        package = Path(list(spec.submodule_search_locations)[0])
+        triton, wheel_libs = package / "tritonserver", package.parent / "nvidia_pytriton.libs"
     binary = triton / "bin" / "tritonserver"
     if not binary.is_file():
-        raise PipelineError(f"the Triton server binary is missing: {binary}; reinstall nvidia-pytriton (make venv)")
+        raise PipelineError(f"the Triton server binary is missing: {binary} is not a file; reinstall nvidia-pytriton (`make venv`)"
+                            + (" or fix TRT_PIPELINE_TRITON_HOME" if os.environ.get("TRT_PIPELINE_TRITON_HOME") else ""))
     stub = triton / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
     if not stub.is_file():
         raise PipelineError(f"nvidia-pytriton has no Python-backend stub for Python {sys.version_info.major}.{sys.version_info.minor} ({stub})")
-    # The Python backend looks for the stub next to itself: a backend folder of our own holds both.
-    backends = Path(sys.prefix) / "share" / "trt-pipeline" / "triton-backends"
+    # The Python backend looks for the stub next to itself: a backend folder of our own holds both
+    # (one per Triton install, should TRT_PIPELINE_TRITON_HOME name another).
+    install_key = hashlib.sha256(str(triton.resolve()).encode()).hexdigest()[:12]
+    backends = Path(sys.prefix) / "share" / "trt-pipeline" / f"triton-backends-{install_key}"
     python_backend = backends / "python"
     if not (python_backend / "triton_python_backend_stub").is_file():
         staging = backends.with_name(backends.name + f".{os.getpid()}.tmp")
@@ -59,8 +68,17 @@ def find_triton() -> TritonInstall:
         shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
         shutil.rmtree(backends, ignore_errors=True)
         os.replace(staging, backends)
-    libs = [package.parent / "nvidia_pytriton.libs", triton / "external_libs"]
+    libs = [wheel_libs, triton / "external_libs"]
     return TritonInstall(binary, os.pathsep.join(str(p) for p in libs if p.is_dir()), backends)
+
+
+def serving_environment() -> Path:
+    """The Python backend's environment (numpy < 2, onnxruntime): .venv-serving, made by `make venv`
+    (TRT_PIPELINE_SERVING_ENV names another)."""
+    env = Path(os.environ.get("TRT_PIPELINE_SERVING_ENV", ".venv-serving"))
+    if not (env / "bin" / "activate").is_file():
+        raise PipelineError(f"the serving environment {env} is missing: run `make venv` (requirements-serving-env.lock)")
+    return env
 
 
 class TritonHttp:
@@ -197,6 +215,18 @@ class TritonServer:
                 raise PipelineError(f"Triton died while loading model '{name}'; server log:\n{self.log_tail()}")
             time.sleep(0.1)
         raise PipelineError(f"model '{name}' was not ready within {timeout_s:.0f} s; server log:\n{self.log_tail()}")
+
+    def load_model(self, name: str, config=None, timeout_s: float = 60.0) -> float:
+        """(Re)load model ``name`` (explicit model control), with ``config`` (a ModelConfig message)
+        instead of its config.pbtxt if given; seconds until it was ready. A refusal is one error with
+        Triton's reason and the log tail."""
+        from google.protobuf import json_format
+
+        body = json_format.MessageToDict(config, preserving_proto_field_name=True) if config is not None else None
+        status, answer = self.api.load(name, body)
+        if status != 200:
+            raise PipelineError(f"Triton did not load model '{name}': {answer}; server log:\n{self.log_tail()}")
+        return self.wait_model_ready(name, timeout_s=timeout_s)
 
     def stop(self) -> None:
         """Stop the server and everything it started (the Python-backend stubs): TERM, then KILL."""

@@ -9,15 +9,17 @@ from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..evaluate.validate import check_gates, evaluate
-from ..paths import build_paths, model_paths
+from ..paths import model_paths
 from ..serving import deploy as deployment
 from ..serving.load import closed_loop
-from .serve_step import serving_environment
+from ..serving.server import serving_environment
+from .serve_step import python_package
 
 
 def deploy(ctx: BuildContext, repository: Path, http: str, grpc: str, name: str = "") -> dict:
     """Deploy the build's package as the next version of the served model ``name`` (default: the model's name)."""
     serving = ctx.config.serving
+    package = python_package(ctx)  # first: a build this host cannot serve fails before anything loads
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
     reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified)
@@ -34,5 +36,4 @@ def deploy(ctx: BuildContext, repository: Path, http: str, grpc: str, name: str 
                       f"p99 {load['p99_ms']:.1f} ms -> {'fit' if not reasons else 'unfit: ' + '; '.join(reasons)}")
         return reasons
 
-    package = build_paths(ctx.config, ctx.name).serving_dir / "python" / ctx.name
     return deployment.deploy(package, Path(repository), name or ctx.entry.model, http, grpc, serving_environment(), smoke_check)

@@ -1,13 +1,20 @@
-"""package: Triton model repositories (native and Python-backend forms) for one build."""
+"""package: Triton model repositories (native and Python-backend forms) for one build, with the
+batching configured, or found by the batching search when serving.search.enabled."""
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
 from ..backends import get_backend
+from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
-from ..io import atomic_dir
+from ..io import atomic_dir, scratch_dir, write_json
 from ..paths import build_paths
-from ..serving.repository import TensorInfo, write_repositories
+from ..serving.repository import Batching, TensorInfo, python_form_problem, read_config, write_config, write_repositories
+from ..serving.server import serving_environment
+from ..serving.tune import describe, search_batching
 
 
 def package(ctx: BuildContext) -> dict:
@@ -24,11 +31,37 @@ def package(ctx: BuildContext) -> dict:
     profile_max = min((p["max"][0] for profile in sidecar.get("profiles", []) for p in profile.values()), default=serving.max_batch_size)
     max_batch = min(serving.max_batch_size, profile_max)
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
-    warmup = dataset.load(make_splits(dataset, ctx.dataset).validation[: serving.warmup_samples]) if serving.warmup_samples else {}
+    validation = make_splits(dataset, ctx.dataset).validation
+    warmup = dataset.load(validation[: serving.warmup_samples]) if serving.warmup_samples else {}
     fingerprint = {"pipeline_build": ctx.name, "pipeline_precision": ctx.precision_name, "pipeline_target": ctx.entry.target,
                    "pipeline_config_hash": sidecar.get("config_hash", ""), "pipeline_artifact_sha256": sidecar["artifact_sha256"],
                    "pipeline_versions": ",".join(f"{k}={v}" for k, v in sorted(sidecar.get("versions", {}).items()))}
+    configured = Batching.configured(serving)
     with atomic_dir(paths.serving_dir) as out:
         written = write_repositories(out, ctx.name, paths.engine_dir, sidecar, ctx.target.device, [0], inputs, outputs, max_batch,
-                                     serving, warmup, fingerprint)
+                                     configured, serving.intra_op_threads, warmup, fingerprint)
+        batching = {"searched": False, "batching": asdict(configured)}
+        if serving.search.enabled:
+            batching = _search(ctx, out / "python" / ctx.name, [dataset.load([i]) for i in validation[: serving.agreement_samples]])
+            chosen = Batching(**{k: batching["winner"][k] for k in ("instances", "max_queue_delay_us", "preferred_batch_sizes")})
+            for config_path in written.values():  # the winner is what both forms carry
+                config = read_config(config_path)
+                chosen.apply(config)
+                write_config(config_path, config)
+            batching["batching"] = asdict(chosen)
+    write_json(paths.batching_metrics, batching)
     return {form: str(paths.serving_dir / path.relative_to(out)) for form, path in written.items()}
+
+
+def _search(ctx: BuildContext, python_form: Path, samples: list) -> dict:
+    serving = ctx.config.serving
+    problem = python_form_problem(ctx.target.backend, ctx.target.device)
+    if problem:
+        raise PipelineError(f"serving.search.enabled: the batching search serves {ctx.name} on this machine's Triton, but {problem}; "
+                            f"search on its own host, or pin serving.instances / max_queue_delay_us / preferred_batch_sizes")
+    console.print(f"  {ctx.name}: searching batching under p99 <= {serving.p99_budget_ms:g} ms")
+    with scratch_dir(build_paths(ctx.config, ctx.name).batching_metrics) as work:
+        result = search_batching(python_form, work, serving_environment(), samples, serving.search, serving.p99_budget_ms,
+                                 serving.startup_timeout_s, report=lambda row: console.print(f"    {describe(row)}"))
+    console.print(f"  {ctx.name}: chosen {describe({**result['winner'], 'within_budget': True})}")
+    return {"searched": True, **result}

@@ -4,7 +4,6 @@ metrics. The server lives exactly as long as the ``with`` block."""
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
@@ -17,17 +16,20 @@ from ..data import load_dataset, make_splits
 from ..errors import PipelineError
 from ..io import scratch_dir, write_json
 from ..paths import build_paths
-from ..serving.load import closed_loop, infer
-from ..serving.repository import VERSION, live_copy
-from ..serving.server import TritonServer
+from ..serving.load import closed_loop, highest_rate_within, infer
+from ..serving.repository import VERSION, live_copy, python_form_problem
+from ..serving.server import TritonServer, serving_environment
 
 
-def serving_environment() -> Path:
-    """The Python backend's environment (numpy < 2, onnxruntime): .venv-serving, made by `make venv`."""
-    env = Path(os.environ.get("TRT_PIPELINE_SERVING_ENV", ".venv-serving"))
-    if not (env / "bin" / "activate").is_file():
-        raise PipelineError(f"the serving environment {env} is missing: run `make venv` (requirements-serving-env.lock)")
-    return env
+def python_package(ctx: BuildContext) -> Path:
+    """The build's Python-form package, or one error: a build this host cannot serve, or not packaged yet."""
+    problem = python_form_problem(ctx.target.backend, ctx.target.device)
+    if problem:
+        raise PipelineError(f"{ctx.name} cannot be served here: {problem} ({build_paths(ctx.config, ctx.name).serving_dir / 'native'})")
+    package = build_paths(ctx.config, ctx.name).serving_dir / "python" / ctx.name
+    if not (package / "config.pbtxt").is_file():
+        raise PipelineError(f"{ctx.name} is not packaged ({package / 'config.pbtxt'} not found): run `dvc repro package@{ctx.name}` first")
+    return package
 
 
 @contextlib.contextmanager
@@ -35,12 +37,9 @@ def served(ctx: BuildContext, http_port: Optional[int] = None, grpc_port: Option
            metrics_port: Optional[int] = None) -> Iterator[Tuple[TritonServer, float]]:
     """The build's Python-form package in a fresh live repository on a Triton server, its model ready:
     (server, seconds from start to model-ready). The server and the repository go with the block."""
-    paths = build_paths(ctx.config, ctx.name)
-    package = paths.serving_dir / "python" / ctx.name
-    if not (package / "config.pbtxt").is_file():
-        raise PipelineError(f"{ctx.name} is not packaged ({package / 'config.pbtxt'} not found): run `dvc repro package@{ctx.name}` first")
+    package = python_package(ctx)
     env, timeout = serving_environment(), ctx.config.serving.startup_timeout_s
-    with scratch_dir(paths.serve_metrics) as work:
+    with scratch_dir(build_paths(ctx.config, ctx.name).serve_metrics) as work:
         repository = work / "repository"
         live_copy(package, repository, VERSION, env)
         with TritonServer(repository, work / "tritonserver.log", http_port, grpc_port, metrics_port, startup_timeout_s=timeout) as server:
@@ -50,6 +49,7 @@ def served(ctx: BuildContext, http_port: Optional[int] = None, grpc_port: Option
 def serve(ctx: BuildContext) -> dict:
     cfg, serving = ctx.config, ctx.config.serving
     paths = build_paths(cfg, ctx.name)
+    python_package(ctx)  # a build this host cannot serve, or one not packaged, fails before anything loads
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
     samples = [dataset.load([index]) for index in validation]
@@ -66,6 +66,14 @@ def serve(ctx: BuildContext) -> dict:
             rows.append(row)
             console.print(f"  {ctx.name} concurrency {level:>3}: {row['throughput']:.1f} req/s  p50 {row['p50_ms']:.1f} ms  "
                           f"p99 {row['p99_ms']:.1f} ms  mean batch {row['mean_batch_size']:.1f}  errors {row['errors']}")
+        scenario = None
+        if serving.server_scenario.enabled:  # MLPerf server scenario, from what the closed loop sustained
+            start = max(r["throughput"] for r in rows)
+            scenario = highest_rate_within(server.grpc, ctx.name, samples, serving.p99_budget_ms, start, serving.server_scenario.probes,
+                                           serving.server_scenario.seconds_per_rate, report=lambda r: console.print(
+                                               f"  {ctx.name} Poisson {r['offered_rate']:.1f} req/s: p99 {r['p99_ms']:.1f} ms, "
+                                               f"errors {r['errors']} -> {'within' if r['within_budget'] else 'over'} budget"))
+            console.print(f"  {ctx.name}: highest arrival rate with p99 <= {serving.p99_budget_ms:g} ms: {scenario['max_rate_within_budget']:.1f} req/s")
     failures = list(agreement.pop("problems"))
     failures += [f"p99 at concurrency {r['concurrency']} = {r['p99_ms']:.1f} ms, limit <= {serving.p99_budget_ms:g} ms"
                  for r in rows if not r["p99_ms"] <= serving.p99_budget_ms]
@@ -73,6 +81,8 @@ def serve(ctx: BuildContext) -> dict:
                  for r in rows if r["errors"]]
     metrics = {"ready_seconds": ready_seconds, "agreement": agreement, "gates_passed": not failures, "gate_failures": failures,
                **{f"concurrency_{r['concurrency']}": r for r in rows}}
+    if scenario is not None:
+        metrics["server_scenario"] = scenario
     write_json(paths.serve_metrics, metrics)
     write_json(paths.serving_plot, [{"build": ctx.name, **r} for r in rows])
     if failures:
