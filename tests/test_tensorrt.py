@@ -183,3 +183,23 @@ def test_transformer_engine_has_batch_and_sequence_profiles(tmp_path):
     assert sidecar["precisions_found"]["network"]["tensor_dtypes"].get("HALF", 0) > 0
     autocast = read_json(build_paths(cfg, build.name).calibrated_dir / "report.json")["autocast"]
     assert autocast["nodes_low_precision"] > 0 and isinstance(autocast["nodes_kept_fp32"], list)
+
+
+def test_a_gpu_build_is_packaged_as_a_tensorrt_plan_on_the_configured_gpus(rtx):
+    """The native form a production Triton container loads: tensorrt_plan + the engine's bytes,
+    KIND_GPU instances on serving.gpus, CUDA graphs, batch limits from the engine's profile."""
+    import dataclasses
+
+    from pipeline.serving.repository import read_config
+
+    cfg, sidecars = rtx
+    name = "resnet18-rtx4090-int8"
+    on_two = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, gpus=[1, 3]))
+    written = steps.package(dataclasses.replace(resolve_build(cfg, name), config=on_two))
+    native, python = read_config(written["native"]), read_config(written["python"])
+    assert native.platform == "tensorrt_plan" and native.optimization.cuda.graphs
+    assert sha256_file(build_paths(cfg, name).serving_dir / "native" / name / "1" / "model.plan") == sidecars[name]["artifact_sha256"]
+    for config in (native, python):
+        (group,) = config.instance_group
+        assert group.kind == group.KIND_GPU and list(group.gpus) == [1, 3]
+        assert config.max_batch_size == 32  # the profile's max (resnet18: 32), under serving.max_batch_size

@@ -60,6 +60,7 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
          serve.preferred_batch_sizes, f"sizes in [1, serving.max_batch_size={serve.max_batch_size}]")
     need(serve.max_queue_delay_us >= 0, "serving.max_queue_delay_us", serve.max_queue_delay_us, "must be >= 0")
     need(serve.instances >= 1, "serving.instances", serve.instances, "must be >= 1")
+    need(bool(serve.gpus) and all(g >= 0 for g in serve.gpus), "serving.gpus", serve.gpus, "a non-empty list of GPU indices >= 0")
     need(serve.intra_op_threads >= 0, "serving.intra_op_threads", serve.intra_op_threads, "must be >= 0")
     need(serve.warmup_samples >= 0, "serving.warmup_samples", serve.warmup_samples, "must be >= 0")
     need(serve.startup_timeout_s > 0, "serving.startup_timeout_s", serve.startup_timeout_s, "must be > 0")

@@ -302,6 +302,8 @@ class ServingConfig:
     max_queue_delay_us: int = 5000  # how long a request may wait for a batch to fill
     instances: int = 1  # model instances (each runs one batch at a time)
     intra_op_threads: int = 0  # ONNX Runtime threads per instance (0: one per core)
+    gpus: List[int] = field(default_factory=lambda: [0])  # CUDA targets: the GPUs each instance group runs on
+    cuda_graphs: bool = True  # TensorRT targets: Triton replays CUDA graphs for the native form
     warmup_samples: int = 4  # validation samples the server runs before it reports ready
     startup_timeout_s: float = 60.0
     agreement_samples: int = 64  # validation samples served and compared with the offline engine

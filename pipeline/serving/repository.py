@@ -134,7 +134,7 @@ def _warmup_files(model_dir: Path, warmup: Dict[str, np.ndarray]) -> None:
 
 def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int],
                        inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, batching: Batching, threads: int,
-                       warmup: Dict[str, np.ndarray], fingerprint: Dict[str, str]) -> Dict[str, Path]:
+                       warmup: Dict[str, np.ndarray], fingerprint: Dict[str, str], cuda_graphs: bool = False) -> Dict[str, Path]:
     """``out/native/<name>`` and ``out/python/<name>``; returns the config.pbtxt of each form."""
     pb = model_config_pb2()
     kind = pb.ModelInstanceGroup.KIND_GPU if device == Device.cuda else pb.ModelInstanceGroup.KIND_CPU
@@ -152,9 +152,8 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     else:
         native.platform, native.backend = "tensorrt_plan", "tensorrt"
         shutil.copyfile(artifact, native_dir / VERSION / "model.plan")
-    group = native.instance_group.add(kind=kind)
-    if device == Device.cuda:
-        group.gpus.extend(gpus)
+        native.optimization.cuda.graphs = cuda_graphs
+    native.instance_group.add(kind=kind, gpus=gpus if device == Device.cuda else [])
     batching.apply(native)
     _warmup_files(native_dir, warmup)
     write_config(native_dir / "config.pbtxt", native)
@@ -173,7 +172,7 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     (version_dir / "package.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     wrapped = _base_config(name, inputs, outputs, max_batch, warmup, {**fingerprint, "intra_op_threads": str(threads)})
     wrapped.backend = "python"
-    wrapped.instance_group.add(kind=kind)
+    wrapped.instance_group.add(kind=kind, gpus=gpus if device == Device.cuda else [])
     batching.apply(wrapped)
     _warmup_files(python_dir, warmup)
     write_config(python_dir / "config.pbtxt", wrapped)

@@ -38,8 +38,8 @@ def package(ctx: BuildContext) -> dict:
                    "pipeline_versions": ",".join(f"{k}={v}" for k, v in sorted(sidecar.get("versions", {}).items()))}
     configured = Batching.configured(serving)
     with atomic_dir(paths.serving_dir) as out:
-        written = write_repositories(out, ctx.name, paths.engine_dir, sidecar, ctx.target.device, [0], inputs, outputs, max_batch,
-                                     configured, serving.intra_op_threads, warmup, fingerprint)
+        written = write_repositories(out, ctx.name, paths.engine_dir, sidecar, ctx.target.device, serving.gpus, inputs, outputs,
+                                     max_batch, configured, serving.intra_op_threads, warmup, fingerprint, cuda_graphs=serving.cuda_graphs)
         batching = {"searched": False, "batching": asdict(configured)}
         if serving.search.enabled:
             batching = _search(ctx, out / "python" / ctx.name, [dataset.load([i]) for i in validation[: serving.agreement_samples]])
