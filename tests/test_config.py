@@ -157,6 +157,8 @@ def test_docs_targets_md_is_generated_from_conf():
         ("+calibration.mode=implicit", "Key 'mode' not in 'CalibrationConfig'"),
         ("model=[digits_cnn,../target/cpu]", "model option '../target/cpu' in 'model=[digits_cnn,../target/cpu]' is not an option name"),
         # Serving gates and searches that cannot be met or measured.
+        ("model.digits_cnn.inputs=[{name: input, shape: [4, 1, 8, 8], dtype: float32}]",
+         "model.digits_cnn.inputs[0].shape = [4, 1, 8, 8]: axis 0 is the batch: -1 (dynamic) or 1"),
         ("serving.p99_budget_ms=0", "serving.p99_budget_ms = 0.0: must be > 0"),
         ("serving.agreement_samples=600", "serving.agreement_samples = 600: at most dataset.digits.num_validation=497"),
         ("serving.search.preferred_batch_sizes=[[64]]", "serving.search.preferred_batch_sizes = [[64]]: a non-empty list of lists ([] allowed) "
@@ -196,3 +198,13 @@ def test_a_hand_edited_params_yaml_is_range_checked_by_stages(tmp_path):
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(PipelineError, match="benchmark.repeats = 0: must be >= 1"):
         load_params(path)
+
+
+def test_a_gate_the_dataset_cannot_measure_is_refused_at_compose_time(tmp_path):
+    """Accuracy needs labels: photo crops have none, so an accuracy gate there could never be met."""
+    with pytest.raises(PipelineError, match=r"model.onnx_file.gates.max_accuracy_drop = 1.0: dataset 'photo_crops' \(photo_crops\) has no "
+                                            r"labels to measure accuracy on; set it to null and gate on min_top1_agreement / min_cosine"):
+        compose_config(tmp_path, "model=[onnx_file]", "model.onnx_file.dataset=photo_crops", "dataset=[photo_crops]")
+    cfg = compose_config(tmp_path, "model=[onnx_file]", "model.onnx_file.dataset=photo_crops", "dataset=[photo_crops]",
+                         "model.onnx_file.gates.max_accuracy_drop=null")
+    assert cfg.model["onnx_file"].gates.min_top1_agreement == 0.98

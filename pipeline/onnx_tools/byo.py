@@ -1,74 +1,174 @@
-"""Bring-your-own ONNX: make a file from another exporter fit the pipeline.
+"""Bring-your-own ONNX: make a file from another exporter fit the pipeline, or refuse it with one
+clear error naming the user's file.
 
-Handles what other exporters leave behind: weights also listed as graph inputs, opsets too old for
-per-channel Q/DQ, a fixed batch dimension (made dynamic when the config asks, else refused), and
-inputs that disagree with the config's declaration.
+Handles what older exporters leave behind, in the order that works: the opset is upgraded first
+(while weights are still graph inputs, as IR 3 requires), then the weights leave the inputs and the
+IR version rises to what the opset needs; a fixed batch dimension is made dynamic when the config
+asks (Reshape targets with the batch written in are rewritten to copy it), else refused; names,
+ranks and types are checked against the config; and before anything later relies on it, a batch of
+real dataset samples is run through the result.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict, Optional
 
+import numpy as np
 import onnx
-from onnx import version_converter
+from onnx import numpy_helper, shape_inference, version_converter
 
 from ..config.schema import ModelConfig
 from ..errors import PipelineError
 from ..io import atomic_path
-from .inspect import load_model, onnx_elem_type, real_inputs
+from .inspect import SOURCE_NODES_KEY, load_model, onnx_elem_type, real_inputs
+
+# Op domains ONNX Runtime runs without a plugin (com.microsoft: its contrib ops, e.g. from its optimizer).
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+
 
 def _dims(value: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
 
 
-def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str) -> tuple[onnx.ModelProto, dict]:
-    model = load_model(src, "bring-your-own ONNX")
+def _check_contents(model: onnx.ModelProto, shown: str) -> None:
+    """Ops outside the standard domains and non-finite weights: refused before any conversion."""
+    custom = sorted({(n.domain, n.op_type, n.name) for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    if custom:
+        domain, op, node = custom[0]
+        raise PipelineError(f"{shown} uses {domain}:{op} (node '{node}'{f' and {len(custom) - 1} more' if len(custom) > 1 else ''}), "
+                            f"an op outside the ONNX standard that ONNX Runtime and TensorRT cannot run without its plugin; "
+                            f"allowed op domains: ai.onnx, ai.onnx.ml, com.microsoft")
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+            values = numpy_helper.to_array(init)
+            if not np.all(np.isfinite(values)):
+                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+                raise PipelineError(f"{shown}: weight '{init.name}' holds {bad} NaN/Inf value(s) of {values.size}; "
+                                    f"no precision can calibrate or run it: re-export the model from finite weights")
+
+
+def _upgrade(model: onnx.ModelProto, target_opset: int, shown: str) -> tuple:
+    """Opset first (the converter needs IR 3's weights-as-inputs intact), then weights out of the
+    inputs and the IR version the new opset requires."""
     changes: dict = {}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < target_opset:
+        try:
+            model = version_converter.convert_version(model, target_opset)
+        except Exception as exc:  # the converter raises plain RuntimeErrors naming the op
+            raise PipelineError(f"cannot upgrade {shown} from opset {opset} to {target_opset} (per-channel Q/DQ needs >= 13): "
+                                f"{str(exc).strip().splitlines()[0]}") from exc
+        changes["opset"] = [opset, target_opset]
     initializer_names = {i.name for i in model.graph.initializer}
-    weights_as_inputs = [i.name for i in model.graph.input if i.name in initializer_names]
+    weights_as_inputs = [i for i in model.graph.input if i.name in initializer_names]
     if weights_as_inputs:
         kept = [i for i in model.graph.input if i.name not in initializer_names]
         del model.graph.input[:]
         model.graph.input.extend(kept)
         changes["initializers_removed_from_inputs"] = len(weights_as_inputs)
+    required_ir = max(4, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    if model.ir_version < required_ir:  # IR < 4 requires every weight among the inputs
+        changes["ir_version"] = [model.ir_version, required_ir]
+        model.ir_version = required_ir
+    return model, changes
 
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < cfg.opset:
-        try:
-            model = version_converter.convert_version(model, cfg.opset)
-        except Exception as exc:  # the converter raises plain RuntimeErrors naming the op
-            raise PipelineError(f"cannot upgrade {src} from opset {opset} to {cfg.opset} (per-channel Q/DQ needs >= 13): {exc}") from exc
-        changes["opset"] = [opset, cfg.opset]
 
+def _check_interface(model: onnx.ModelProto, cfg: ModelConfig, model_name: str, shown: str) -> None:
     inputs = {i.name: i for i in real_inputs(model)}
     declared = {spec.name: spec for spec in cfg.inputs}
     if set(inputs) != set(declared):
-        raise PipelineError(f"{src} has inputs {sorted(inputs)}; model.{model_name}.inputs declares {sorted(declared)}")
+        raise PipelineError(f"{shown} has inputs {sorted(inputs)}; model.{model_name}.inputs declares {sorted(declared)}: "
+                            f"set model.{model_name}.inputs to the file's input names (e.g. \"model.{model_name}.inputs="
+                            f"[{{name: {sorted(inputs)[0]}, shape: [...], dtype: float32}}]\")")
+    outputs = [o.name for o in model.graph.output]
+    if set(outputs) != set(cfg.outputs):
+        raise PipelineError(f"{shown} has outputs {outputs}; model.{model_name}.outputs declares {list(cfg.outputs)}: "
+                            f"set model.{model_name}.outputs={outputs}")
     for name, value in inputs.items():
         spec, dims = declared[name], _dims(value)
         if len(dims) != len(spec.shape):
-            raise PipelineError(f"input '{name}' of {src} has rank {len(dims)} ({dims}); the config declares {spec.shape}")
+            raise PipelineError(f"input '{name}' of {shown} has rank {len(dims)} ({dims}); model.{model_name}.inputs declares {spec.shape}")
         if value.type.tensor_type.elem_type != onnx_elem_type(spec.dtype):
-            raise PipelineError(f"input '{name}' of {src} is {onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)}; the config declares {spec.dtype}")
+            raise PipelineError(f"input '{name}' of {shown} is {onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)}; "
+                                f"model.{model_name}.inputs declares {spec.dtype}")
         for axis, (have, want) in enumerate(zip(dims, spec.shape)):
             if want >= 0 and have >= 0 and have != want:
-                raise PipelineError(f"input '{name}' axis {axis} is {have} in {src}; the config declares {want}")
-        if spec.shape[0] < 0 and dims[0] >= 0:
-            if not cfg.dynamic_batch:
-                raise PipelineError(
-                    f"input '{name}' of {src} has a fixed batch dimension of {dims[0]}; set model.{model_name}.dynamic_batch=true "
-                    f"to make it dynamic, or declare shape {[dims[0]] + spec.shape[1:]} in the config"
-                )
-            changes["batch_made_dynamic"] = True
+                raise PipelineError(f"input '{name}' axis {axis} is {have} in {shown}; model.{model_name}.inputs declares {want}")
 
-    if changes.get("batch_made_dynamic"):
-        for value in list(model.graph.input) + list(model.graph.output):
-            shape = value.type.tensor_type.shape
-            if shape.dim:
-                shape.dim[0].Clear()
-                shape.dim[0].dim_param = "batch"
-        del model.graph.value_info[:]  # stale static shapes; simplify re-infers them
-    # Open dims the config names get its names, so profiles can refer to them.
-    for value in model.graph.input:
+
+def _fixed_batch(model: onnx.ModelProto, cfg: ModelConfig, model_name: str, shown: str) -> Optional[int]:
+    """The batch the file fixes on inputs the config declares dynamic (None: nothing to change)."""
+    declared = {spec.name: spec for spec in cfg.inputs}
+    fixed = {value.name: _dims(value)[0] for value in real_inputs(model) if declared[value.name].shape[0] < 0 and _dims(value)[0] >= 0}
+    if not fixed:
+        return None
+    name, batch = sorted(fixed.items())[0]
+    if not cfg.dynamic_batch:
+        raise PipelineError(f"input '{name}' of {shown} has a fixed batch dimension of {batch}; set model.{model_name}.dynamic_batch=true "
+                            f"to make it dynamic, or declare its shape {[batch] + declared[name].shape[1:]} in model.{model_name}.inputs "
+                            f"(a fixed batch of 1 is run one sample at a time by every stage)")
+    return batch
+
+
+def _constant_values(model: onnx.ModelProto) -> Dict[str, tuple]:
+    """Tensor name -> (array, where it lives) for initializers and Constant nodes."""
+    found = {init.name: (numpy_helper.to_array(init), init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = (numpy_helper.to_array(node.attribute[0].t), node)
+    return found
+
+
+def _make_batch_dynamic(model: onnx.ModelProto, batch: int) -> dict:
+    """Relabel axis 0 of inputs and outputs, and rewrite Reshape targets that write the old batch
+    literally (e.g. [1, 9216]) to copy it from their input instead (0; -1 where allowzero is set)."""
+    try:
+        inferred = shape_inference.infer_shapes(model)
+        known = {v.name: _dims(v) for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    except Exception:  # inference is a help here, not a requirement: the probe run has the last word
+        known = {}
+    constants = _constant_values(model)
+    rewritten = []
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        target, _ = constants[node.input[1]]
+        data_dims = known.get(node.input[0], [])
+        if target.ndim != 1 or not target.size or int(target[0]) != batch or not data_dims or data_dims[0] != batch:
+            continue
+        allow_zero = any(a.name == "allowzero" and a.i == 1 for a in node.attribute)
+        if allow_zero and -1 in target.tolist():
+            continue  # no way to say "copy" here; the probe run names it if it matters
+        new = target.copy()
+        new[0] = -1 if allow_zero else 0
+        name = f"{node.input[1]}__batch_copied"
+        model.graph.initializer.append(numpy_helper.from_array(new.astype(target.dtype), name))
+        node.input[1] = name
+        rewritten.append(node.name or node.output[0])
+    for value in list(model.graph.input) + list(model.graph.output):
+        shape = value.type.tensor_type.shape
+        if shape.dim:
+            shape.dim[0].Clear()
+            shape.dim[0].dim_param = "batch"
+    del model.graph.value_info[:]  # stale static shapes; simplify re-infers them
+    return {"batch_made_dynamic": True, **({"reshape_batch_rewritten": rewritten} if rewritten else {})}
+
+
+def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str, shown: str = "") -> tuple[onnx.ModelProto, dict]:
+    """The user's file (``src``; ``shown`` is how messages name it) made to fit, and what changed."""
+    shown = shown or str(src)
+    model = load_model(src, "bring-your-own ONNX", shown=shown)
+    source_nodes = len(model.graph.node)
+    _check_contents(model, shown)
+    model, changes = _upgrade(model, cfg.opset, shown)
+    if not any(p.key == SOURCE_NODES_KEY for p in model.metadata_props):  # simplify reports the user's own count
+        model.metadata_props.add(key=SOURCE_NODES_KEY, value=str(source_nodes))
+    _check_interface(model, cfg, model_name, shown)
+    batch = _fixed_batch(model, cfg, model_name, shown)
+    if batch is not None:
+        changes.update(_make_batch_dynamic(model, batch))
+    declared = {spec.name: spec for spec in cfg.inputs}
+    for value in model.graph.input:  # open dims the config names get its names, so profiles can refer to them
         if value.name in declared:
             for axis, dim in enumerate(value.type.tensor_type.shape.dim):
                 if not dim.HasField("dim_value"):
@@ -76,12 +176,50 @@ def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str) -> tuple[onnx.M
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise PipelineError(f"{src} is not valid after normalisation: {str(exc).splitlines()[0]}") from exc
+        raise PipelineError(f"{shown} is not valid after normalisation: {str(exc).splitlines()[0]}") from exc
     return model, changes
 
 
-def import_onnx(src: Path, cfg: ModelConfig, model_name: str, out_path: Path) -> dict:
-    model, changes = normalize_onnx(src, cfg, model_name)
+def probe(model: onnx.ModelProto, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, dataset_name: str, shown: str) -> None:
+    """Run ``feeds`` (a batch of real dataset samples) through the model with ONNX Runtime: names,
+    ranks, sizes and a batch larger than the file's own, checked before any later stage relies on them."""
+    import onnxruntime as ort
+
+    inputs = [i.name for i in real_inputs(model)]
+    if sorted(feeds) != sorted(inputs):
+        raise PipelineError(f"dataset '{dataset_name}' feeds inputs {sorted(feeds)}; the model's inputs are {sorted(inputs)}: "
+                            f"name the model's input in dataset.{dataset_name}.input_name (image datasets) or pick a dataset "
+                            f"that feeds {sorted(inputs)} with model.{model_name}.dataset")
+    declared = {spec.name: spec for spec in cfg.inputs}
+    for name, value in feeds.items():
+        want = declared[name].shape
+        if value.ndim != len(want) or any(w >= 0 and w != h for w, h in zip(want, value.shape)):
+            raise PipelineError(f"dataset '{dataset_name}' gives input '{name}' samples of shape {list(value.shape)}; "
+                                f"model.{model_name}.inputs declares {want}: they must agree (e.g. dataset.{dataset_name}.image_size)")
+    batch = len(next(iter(feeds.values())))
+    hint = (f"; its batch was made dynamic (model.{model_name}.dynamic_batch=true) but a node still assumes the file's own batch: "
+            f"fix it in the exporter, or declare the fixed batch in model.{model_name}.inputs with dynamic_batch=false") if batch > 1 else ""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, feeds)
+    except Exception as exc:  # ONNX Runtime names the failing node in its message
+        first = str(exc).strip().splitlines()[0][:500]
+        raise PipelineError(f"{shown} does not run on a batch of {batch} real samples from dataset '{dataset_name}': {first}{hint}") from exc
+    for name, value in zip([o.name for o in session.get_outputs()], outputs):
+        if value.ndim == 0 or value.shape[0] != batch:
+            raise PipelineError(f"{shown} gives output '{name}' of shape {list(value.shape)} for a batch of {batch} real samples "
+                                f"from dataset '{dataset_name}': its axis 0 must be the batch{hint}")
+        if not np.all(np.isfinite(value)):
+            raise PipelineError(f"{shown} gives NaN/Inf in output '{name}' on real samples from dataset '{dataset_name}'")
+
+
+def import_onnx(src: Path, cfg: ModelConfig, model_name: str, out_path: Path, feeds: Dict[str, np.ndarray], dataset_name: str,
+                shown: str = "") -> dict:
+    shown = shown or str(src)
+    model, changes = normalize_onnx(src, cfg, model_name, shown)
+    probe(model, feeds, cfg, model_name, dataset_name, shown)
     model.producer_name, model.producer_version = "trt-pipeline", ""
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))

@@ -12,20 +12,26 @@ from ..errors import PipelineError
 from ..io import require_file
 
 
-def load_model(path: str | Path, what: str = "ONNX model") -> onnx.ModelProto:
-    """Load and check an ONNX file; a missing, truncated or invalid file raises a PipelineError."""
+# Metadata a bring-your-own import leaves in its output: the node count of the user's own file.
+SOURCE_NODES_KEY = "trt_pipeline.nodes_in_source_file"
+
+
+def load_model(path: str | Path, what: str = "ONNX model", shown: str = "") -> onnx.ModelProto:
+    """Load and check an ONNX file; a missing, truncated or invalid file raises a PipelineError
+    naming it as ``shown`` (default: its path; e.g. the user's file for the project's copy of it)."""
     require_file(path, what)
+    shown = shown or str(path)
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
-        raise PipelineError(f"malformed ONNX file {path}: {exc}") from exc
+        raise PipelineError(f"malformed ONNX file {shown}: {exc}") from exc
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise PipelineError(f"invalid ONNX model {path}: {first}") from exc
+        raise PipelineError(f"invalid ONNX model {shown}: {first}") from exc
     if not model.graph.node:
-        raise PipelineError(f"invalid ONNX model {path}: the graph has no nodes")
+        raise PipelineError(f"invalid ONNX model {shown}: the graph has no nodes")
     return model
 
 

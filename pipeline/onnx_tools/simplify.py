@@ -7,7 +7,7 @@ import onnx
 
 from ..errors import PipelineError
 from ..io import atomic_path
-from .inspect import load_model, op_counts
+from .inspect import SOURCE_NODES_KEY, load_model, op_counts
 
 
 def simplify_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -39,7 +39,10 @@ def simplify_file(src: Path, dst: Path) -> dict:
     simplified = simplify_model(original)
     with atomic_path(dst) as tmp:
         onnx.save(simplified, str(tmp))
+    # A bring-your-own file's own count (the import upgraded its opset, which can add nodes).
+    source = {p.key: p.value for p in original.metadata_props}.get(SOURCE_NODES_KEY)
     return {
+        **({"nodes_in_source_file": int(source)} if source else {}),
         "nodes_before": len(original.graph.node),
         "nodes_after": len(simplified.graph.node),
         "ops_before": op_counts(original),

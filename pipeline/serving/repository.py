@@ -9,8 +9,10 @@ the nvidia-pytriton wheel (which has no other backend).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +65,15 @@ class Batching:
         return cls(serving.instances, serving.max_queue_delay_us, list(serving.preferred_batch_sizes))
 
     def apply(self, config) -> None:
-        """Set this batching on a Triton ModelConfig, in place."""
+        """Set this batching on a Triton ModelConfig, in place (a model without a batch axis,
+        max_batch_size 0, takes only the instance count)."""
+        for group in config.instance_group:
+            group.count = self.instances
+        if not config.max_batch_size:
+            return
         config.dynamic_batching.max_queue_delay_microseconds = self.max_queue_delay_us
         del config.dynamic_batching.preferred_batch_size[:]
         config.dynamic_batching.preferred_batch_size.extend(sorted({min(b, config.max_batch_size) for b in self.preferred_batch_sizes}))
-        for group in config.instance_group:
-            group.count = self.instances
 
 
 def python_form_problem(backend, device) -> str:
@@ -109,18 +114,28 @@ def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo],
     config = pb.ModelConfig(name=name, max_batch_size=max_batch)
     for info, field in [(i, config.input) for i in inputs] + [(o, config.output) for o in outputs]:
         field.add(name=info.name, data_type=getattr(pb.DataType, triton_dtype(info.dtype)), dims=info.dims)
-    config.dynamic_batching.SetInParent()
+    if max_batch:
+        config.dynamic_batching.SetInParent()
     config.version_policy.latest.num_versions = 1
     for index in range(len(next(iter(warmup.values()))) if warmup else 0):  # one step per real sample
         step = config.model_warmup.add(name=f"validation_sample_{index}", batch_size=1, count=1)
         for info in inputs:
             sample = warmup[info.name][index]
             step.inputs[info.name].data_type = getattr(pb.DataType, triton_dtype(info.dtype))
-            step.inputs[info.name].dims.extend(sample.shape)
-            step.inputs[info.name].input_data_file = f"{info.name}_{index}"
+            step.inputs[info.name].dims.extend(sample.shape if max_batch else (1, *sample.shape))  # no batch axis: full dims
+            step.inputs[info.name].input_data_file = _warmup_file(info.name, index)
     for key, value in sorted(parameters.items()):
         config.parameters[key].string_value = value
     return config
+
+
+def _warmup_file(input_name: str, index: int) -> str:
+    """A file name for an input's warm-up sample (input names may hold '/', e.g. 'image/pixels'); the
+    hash keeps names that differ only in such characters apart."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", input_name)
+    if safe != input_name:
+        safe += "-" + hashlib.sha256(input_name.encode()).hexdigest()[:8]
+    return f"{safe}_{index}"
 
 
 def _warmup_files(model_dir: Path, warmup: Dict[str, np.ndarray]) -> None:
@@ -129,7 +144,7 @@ def _warmup_files(model_dir: Path, warmup: Dict[str, np.ndarray]) -> None:
     folder.mkdir(parents=True)
     for name, batch in warmup.items():
         for index, sample in enumerate(batch):
-            (folder / f"{name}_{index}").write_bytes(np.ascontiguousarray(sample).tobytes())
+            (folder / _warmup_file(name, index)).write_bytes(np.ascontiguousarray(sample).tobytes())
 
 
 def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int],

@@ -74,7 +74,7 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
         manifest["search"] = make_manifest(dataset, searched, "search", calibration.seed)
     write_json(out / "manifest.json", manifest)
     started = time.perf_counter()
-    chunks = (feeds for _, feeds in dataset.batches(indices, calibration.batch_size))
+    chunks = (feeds for _, feeds in dataset.batches(indices, ctx.model.batch_size(calibration.batch_size)))
     quantization = ctx.target.quantization
     with progress_bar() as progress:
         task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
@@ -137,7 +137,8 @@ def _search_exclusions(ctx, source, model_out, dataset, search_samples, calibrat
     target_gates = with_headroom(ctx.model.gates, search.headroom)
 
     def judge() -> tuple:
-        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, search_samples, ctx.model.task)
+        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, search_samples, ctx.model.task,
+                           batch_size=ctx.model.batch_size(64))
         summary = {k: metrics[k] for k in ("accuracy_drop", "top1_agreement", "cosine_mean", "retrieval_agreement") if k in metrics}
         return summary, check_gates(metrics, target_gates)
 
@@ -147,7 +148,7 @@ def _search_exclusions(ctx, source, model_out, dataset, search_samples, calibrat
     ranking: list = []
     layer_errors: list = []
     if failures:
-        feeds = [f for _, f in dataset.batches(calibration_samples[: search.sensitivity_samples], 16)]
+        feeds = [f for _, f in dataset.batches(calibration_samples[: search.sensitivity_samples], ctx.model.batch_size(16))]
         layer_errors = layer_sensitivity(source, model_out, feeds, workdir=scratch)  # intermediate-tensor errors, for the report
         ranking = leave_one_out(source, model_out, feeds, ctx.model.outputs[0], ctx.model.quantize_op_types, workdir=scratch)
         for layer in [r for r in ranking if r["node"] not in excluded][: search.max_excluded]:

@@ -25,7 +25,7 @@ def deploy(ctx: BuildContext, repository: Path, http: str, grpc: str, name: str 
     reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified)
 
     def smoke_check(candidate, grpc_url: str, model: str) -> list:
-        metrics = evaluate(candidate, reference, dataset, validation, ctx.model.task, batch_size=min(serving.max_batch_size, 16))
+        metrics = evaluate(candidate, reference, dataset, validation, ctx.model.task, batch_size=ctx.model.batch_size(min(serving.max_batch_size, 16)))
         reasons = check_gates(metrics, ctx.model.gates)
         load = closed_loop(grpc_url, model, [dataset.load([i]) for i in validation], max(serving.concurrency), min(serving.seconds_per_level, 2.0))
         if load["errors"]:

@@ -23,13 +23,16 @@ def package(ctx: BuildContext) -> dict:
     sidecar = get_backend(ctx.target.backend).read_sidecar(paths.engine_dir, ctx.artifact_identity())
     if "output_specs" not in sidecar:
         raise PipelineError(f"{paths.engine_dir} has no output specs in its sidecar: rebuild it (dvc repro build@{ctx.name})")
-    inputs = [TensorInfo(i["name"], i["dtype"], list(i["shape"][1:])) for i in sidecar["inputs"]]
-    outputs = [TensorInfo(o["name"], o["dtype"], list(o["shape"][1:])) for o in sidecar["output_specs"]]
     batch_axes = {i["shape"][0] for i in sidecar["inputs"]}
-    if batch_axes != {-1}:
-        raise PipelineError(f"{ctx.name} has a fixed batch dimension {sorted(batch_axes)}; Triton's dynamic batching needs a dynamic batch axis")
-    profile_max = min((p["max"][0] for profile in sidecar.get("profiles", []) for p in profile.values()), default=serving.max_batch_size)
-    max_batch = min(serving.max_batch_size, profile_max)
+    if batch_axes not in ({-1}, {1}):
+        raise PipelineError(f"{ctx.name} has batch dimensions {sorted(batch_axes)}; Triton serves a dynamic batch axis, or a model fixed to one sample")
+    if batch_axes == {1}:  # one sample per request, nothing to batch: Triton's max_batch_size 0 with the full dims
+        max_batch, cut = 0, 0
+    else:
+        profile_max = min((p["max"][0] for profile in sidecar.get("profiles", []) for p in profile.values()), default=serving.max_batch_size)
+        max_batch, cut = min(serving.max_batch_size, profile_max), 1
+    inputs = [TensorInfo(i["name"], i["dtype"], list(i["shape"][cut:])) for i in sidecar["inputs"]]
+    outputs = [TensorInfo(o["name"], o["dtype"], list(o["shape"][cut:])) for o in sidecar["output_specs"]]
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     validation = make_splits(dataset, ctx.dataset).validation
     warmup = dataset.load(validation[: serving.warmup_samples]) if serving.warmup_samples else {}

@@ -29,7 +29,8 @@ def validate(ctx: BuildContext) -> dict:
     reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
     with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner, progress_bar() as progress:
         task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
-        metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, on_batch=lambda n: progress.advance(task, n))
+        metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, batch_size=ctx.model.batch_size(64),
+                           on_batch=lambda n: progress.advance(task, n))
     failures = check_gates(metrics, ctx.model.gates)
     metrics["gates_passed"] = not failures
     metrics["gate_failures"] = failures
