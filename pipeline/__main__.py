@@ -6,6 +6,7 @@ check:   fail when params.yaml differs from the composition of conf/ (CI runs th
 serve:   serve one packaged build on a real Triton server in the foreground until Ctrl-C.
 deploy:  promote a packaged build to the next version of a live repository on a running Triton server
          (explicit model control), checked first; ``--rollback`` serves the previous good version again.
+cpu-target: this host's CPU, its instruction sets, and the CPU targets it runs (the most specific first).
 """
 from __future__ import annotations
 
@@ -52,6 +53,21 @@ def serve_foreground(args) -> None:
         raise PipelineError(f"Triton exited with status {server.process.returncode}; log tail:\n{server.log_tail()}")
 
 
+def cpu_target() -> None:
+    import yaml
+
+    from .evaluate.host import host_cpu, matching_targets
+    from .config import CONF_DIR
+
+    host = host_cpu()
+    targets = {path.stem: conf.get("cpu_isa") for path in sorted((CONF_DIR / "target").glob("*.yaml"))
+               if (conf := yaml.safe_load(path.read_text())).get("device") == "cpu"}
+    usable = matching_targets(targets)
+    console.print(f"this host: {host.describe()}")
+    console.print(f"CPU targets it runs, the most specific first: {', '.join(f'{t} ({targets[t]})' for t in usable)}")
+    console.print(f"build for it: make params OVERRIDES='target=[{usable[0]}]'   (or dvc exp run -S 'target=[{usable[0]}]')", markup=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,8 +91,12 @@ def main() -> None:
     deploy.add_argument("--name", default="", help="the served model's name (default: the build's model, e.g. resnet18)")
     deploy.add_argument("--rollback", action="store_true", help="serve the previous good version again")
     deploy.add_argument("--params", default="params.yaml")
+    commands.add_parser("cpu-target", help="this host's CPU and the CPU targets it runs")
     args = parser.parse_args()
 
+    if args.command == "cpu-target":
+        cpu_target()
+        return
     if args.command == "deploy":
         from .serving.deploy import rollback
         from .steps.deploy_step import deploy as deploy_build

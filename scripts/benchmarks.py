@@ -24,6 +24,7 @@ from pipeline.backends import get_backend  # noqa: E402
 from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data import load_dataset, make_splits  # noqa: E402
+from pipeline.evaluate.benchmark import side_by_side  # noqa: E402
 from pipeline.io import read_json  # noqa: E402
 from pipeline.paths import build_paths, model_paths  # noqa: E402
 
@@ -35,23 +36,6 @@ def cpu_description() -> str:
     flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     return f"{model}, {os.cpu_count()} cores, ISA: {', '.join(isa)}"
-
-
-def interleaved(runners: dict, feeds: dict, rounds: int, block: int = 3) -> dict:
-    """Median latency (ms) of each runner, measured in alternating blocks (A A A, B B B, A A A, ...).
-
-    Drift hits all runners equally; each block starts with an untimed run, so one session's
-    thread pool (ONNX Runtime's workers spin after a run) does not slow the next one's first run.
-    """
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            runner.run(feeds)
-            for _ in range(block):
-                start = time.perf_counter()
-                runner.run(feeds)
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def floor_feeds(cfg, model: str, batch: int) -> dict:
@@ -70,7 +54,7 @@ def speed_table(cfg, model: str, build: str, batches=(1, 32), rounds=5) -> list:
     }
     rows = []
     for batch in batches:
-        base, ours = interleaved(runners, floor_feeds(cfg, model, batch), rounds).values()
+        base, ours = side_by_side(runners, floor_feeds(cfg, model, batch), rounds).values()
         rows.append((batch, base, ours, base / ours))
     return rows
 
@@ -159,7 +143,7 @@ def kernel_ceiling(cfg, rounds: int = 4, depth: int = 8) -> dict:
             feeds = {"X": rng.random(x_shape, dtype=np.float32)}
             ranges = collect_ranges(fp32, [feeds], cfg.calibration, symmetric=False)
             quantize_qdq(fp32, int8, ranges, QuantFormat.ort_u8s8, per_channel=True, method=CalibrationMethod.minmax, reduce_range=True)
-            medians = interleaved({"fp32": load_onnx_runner(fp32), "int8": load_onnx_runner(int8)}, feeds, rounds)
+            medians = side_by_side({"fp32": load_onnx_runner(fp32), "int8": load_onnx_runner(int8)}, feeds, rounds)
             rows[key] = (label, medians["fp32"], medians["int8"], medians["fp32"] / medians["int8"])
     return rows
 

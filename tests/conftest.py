@@ -27,10 +27,15 @@ def private_copy(workspace, tmp_path: Path, *folders: str):
     return cfg
 
 
+# No test depends on this machine's speed: the INT8-vs-FP32 speed gate is off in test configs (a
+# later override turns it back on); tests/test_cpu_targets.py sets its limit both ways.
+NO_SPEED_GATE = "benchmark.min_quantized_speedup=null"
+
+
 def compose_config(tmp_path: Path, *overrides: str):
     """Compose conf/ with overrides into a params file and load it back, typed."""
     params = tmp_path / "params.yaml"
-    write_params(params, overrides)
+    write_params(params, [NO_SPEED_GATE, *overrides])
     return load_params(params)
 
 

@@ -110,7 +110,7 @@ def test_a_fixed_batch_model_runs_one_sample_at_a_time_through_every_stage(tmp_p
     results = _through_every_stage(cfg)
     assert results["int8"]["accuracy_drop"] <= 1.0
     bench = read_json(build_paths(cfg, "onnx_file-cpu-int8").benchmark_metrics)
-    assert list(bench) == ["batch_1"], "a fixed batch of 1 is benchmarked at batch 1 only"
+    assert [key for key in bench if key.startswith("batch_")] == ["batch_1"], "a fixed batch of 1 is benchmarked at batch 1 only"
     from pipeline.serving.repository import read_config
 
     config = read_config(build_paths(cfg, "onnx_file-cpu-int8").serving_dir / "python" / "onnx_file-cpu-int8" / "config.pbtxt")

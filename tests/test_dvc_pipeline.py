@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import NO_SPEED_GATE, REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "serving.seconds_per_level=0.5"]
+SMALL = ["model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "serving.seconds_per_level=0.5", NO_SPEED_GATE]
 PROJECT_FILES = ["conf", "pipeline", "stages", "hydra_plugins", "dvc.yaml", ".dvcignore"]
 
 

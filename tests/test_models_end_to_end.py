@@ -92,3 +92,11 @@ def test_report_for_an_embedding_model_shows_retrieval_agreement(minilm):
     assert "## minilm on cpu" in report and "| precision | accuracy % | retrieval agreement |" in report
     int8 = next(r for r in results["report_rows"] if r["precision"] == "int8")
     assert int8["agreement"] == results["int8"]["validate"]["retrieval_agreement"] and int8["top1_agreement"] is None
+
+
+def test_sequence_models_report_tokens_per_second_beside_samples(minilm):
+    """tokens/s counts real tokens (the attention mask), padded tokens/s the padded shape, e.g. 128."""
+    cfg, results = minilm
+    for row in results["int8"]["benchmark"]:
+        assert row["padded_tokens_per_s"] == pytest.approx(row["throughput"] * cfg.dataset["sentences"].max_length)
+        assert 0 < row["tokens_per_s"] < row["padded_tokens_per_s"], "sentences are shorter than the padding"

@@ -102,12 +102,16 @@ def test_serve_stage_answers_like_the_offline_engine_under_load(served):
     assert metrics["ready_seconds"] < cfg.serving.startup_timeout_s
     plot = read_json(build_paths(cfg, BUILD).serving_plot)
     assert [row["concurrency"] for row in plot] == cfg.serving.concurrency
-    scenario = metrics["server_scenario"]  # MLPerf server scenario: Poisson arrivals at rising rates
-    rates = [probe["offered_rate"] for probe in scenario["probes"]]
-    assert len(rates) == cfg.serving.server_scenario.probes and rates[1] == 2 * rates[0]
-    held = [p for p in scenario["probes"] if p["within_budget"]]
-    assert held and scenario["max_rate_within_budget"] == max(p["offered_rate"] for p in held)
-    assert all(p["p99_ms"] <= cfg.serving.p99_budget_ms and p["errors"] == 0 and p["requests"] > 0 for p in held)
+    scenario = metrics["server_scenario"]  # MLPerf server scenario: Poisson arrivals, doubling until a miss, then bisecting
+    probes = scenario["probes"]
+    assert len(probes) == cfg.serving.server_scenario.probes and all(p["requests"] > 0 for p in probes)
+    good, bad = 0.0, None
+    for previous, probe in zip(probes, probes[1:] + [None]):  # each rate follows from the outcomes before it
+        assert previous["within_budget"] == (previous["p99_ms"] <= cfg.serving.p99_budget_ms and previous["errors"] == 0)
+        good, bad = (previous["offered_rate"], bad) if previous["within_budget"] else (good, previous["offered_rate"])
+        if probe is not None:
+            assert probe["offered_rate"] == pytest.approx(previous["offered_rate"] * 2 if bad is None else (good + bad) / 2)
+    assert (scenario["max_rate_within_budget"], scenario["lowest_rate_over_budget"]) == (good, bad)
 
 
 def test_a_missed_serving_gate_writes_metrics_then_fails(served):

@@ -118,6 +118,7 @@ class OnnxRuntimeBackend(Backend):
             "artifact": ARTIFACT,
             "versions": {"onnxruntime": ort.__version__},
             "device": request.target.device.value,
+            "cpu_isa": request.target.cpu_isa.value if request.target.cpu_isa else None,
             "target": request.target_name,
             "build": request.build_name,
             "precision": request.precision,

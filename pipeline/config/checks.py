@@ -56,6 +56,8 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     need(bench.repeats >= 1, "benchmark.repeats", bench.repeats, "must be >= 1")
     need(bench.max_seconds_per_batch > 0, "benchmark.max_seconds_per_batch", bench.max_seconds_per_batch, "must be > 0")
     need(bench.spread_warning >= 0, "benchmark.spread_warning", bench.spread_warning, "must be >= 0")
+    need(bench.min_quantized_speedup is None or bench.min_quantized_speedup > 0, "benchmark.min_quantized_speedup",
+         bench.min_quantized_speedup, "must be null or > 0")
     need(bench.threads >= 0, "benchmark.threads", bench.threads, "must be >= 0 (0: one per core)")
     need(bench.streams >= 1, "benchmark.streams", bench.streams, "must be >= 1")
     need(bench.nvml_interval_ms >= 1, "benchmark.nvml_interval_ms", bench.nvml_interval_ms, "must be >= 1")
@@ -133,6 +135,8 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
 
     for name, target in cfg.target.items():
         key = f"target.{name}"
+        need((target.cpu_isa is not None) == (_value(target.device) == "cpu"), f"{key}.cpu_isa", _value(target.cpu_isa) if target.cpu_isa else None,
+             "set on CPU targets (x86_64, avx2, vnni or amx), null on GPU targets")
         build = target.build
         need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")
         need(build.workspace_mib >= 1, f"{key}.build.workspace_mib", build.workspace_mib, "must be >= 1")

@@ -46,6 +46,16 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class CpuIsa(str, Enum):
+    """The instruction-set level a CPU target is built for (pipeline/evaluate/host.py maps each to the
+    CPU flags that provide it)."""
+
+    x86_64 = "x86_64"  # any x86-64 CPU
+    avx2 = "avx2"
+    vnni = "vnni"  # AVX512-VNNI or AVX-VNNI: 8-bit dot products
+    amx = "amx"  # AMX-INT8 tile units
+
+
 class QuantFormat(str, Enum):
     # u8 activations (asymmetric) / s8 weights: what ONNX Runtime's CPU kernels fuse to QLinearConv.
     ort_u8s8 = "ort_u8s8"
@@ -208,6 +218,7 @@ class TargetConfig:
     build: BuildSettings = field(default_factory=BuildSettings)
     # The TensorRT release this target ships with, e.g. "10.3.0" (JetPack 6); null for TensorRT-RTX.
     tensorrt_version: Optional[str] = None
+    cpu_isa: Optional[CpuIsa] = None  # CPU targets: the instruction set the build is for (null: GPU targets)
 
     @property
     def tensorrt_major(self) -> Optional[int]:
@@ -271,6 +282,9 @@ class BenchmarkConfig:
     max_seconds_per_batch: float = 20.0  # time budget per batch size (iterations may stop early)
     spread_warning: float = 0.10  # warn when repeat medians differ by more than this fraction
     threads: int = 0
+    # CPU targets: an INT8/FP8 build must be at least this many times faster than its FP32 model at the
+    # largest batch, timed side by side, or its benchmark gate fails with both numbers (null: no gate).
+    min_quantized_speedup: Optional[float] = 1.0
     # GPU targets only:
     include_transfers: bool = True  # time host-to-device and device-to-host copies too
     cuda_graph: bool = False  # capture once, replay the CUDA graph

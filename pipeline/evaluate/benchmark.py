@@ -49,6 +49,29 @@ def benchmark_batch(runner: Runner, feeds: Dict[str, np.ndarray], batch_size: in
     return row
 
 
+def side_by_side(runners: Dict[str, Runner], feeds: Dict[str, np.ndarray], rounds: int = 3, block: int = 3) -> Dict[str, float]:
+    """Median latency (ms) of each runner on the same feeds, timed in alternating blocks (A A A, B B B,
+    A A A, ...) so drift on a noisy machine hits all alike; each block starts with an untimed run, so
+    one session's spinning thread pool does not slow the next one's first run."""
+    times: Dict[str, List[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            runner.run(feeds)
+            for _ in range(block):
+                start = time.perf_counter()
+                runner.run(feeds)
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def tokens_per_sample(feeds: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """Sequence models: real (unpadded) and padded tokens per sample, from the attention mask."""
+    mask = feeds.get("attention_mask")
+    if mask is None or mask.ndim != 2:
+        return {}
+    return {"tokens": float(mask.sum(axis=1).mean()), "padded_tokens": float(mask.shape[1])}
+
+
 def sweep(
     runner: Runner,
     make_feeds: Callable[[int], Dict[str, np.ndarray]],
@@ -57,7 +80,12 @@ def sweep(
 ) -> List[dict]:
     rows = []
     for batch_size in cfg.batch_sizes:
-        row = benchmark_batch(runner, make_feeds(batch_size), batch_size, cfg)
+        feeds = make_feeds(batch_size)
+        row = benchmark_batch(runner, feeds, batch_size, cfg)
+        tokens = tokens_per_sample(feeds)
+        if tokens:  # tokens/s beside samples/s; padding counted apart, as it is work but not text
+            row["tokens_per_s"] = row["throughput"] * tokens["tokens"]
+            row["padded_tokens_per_s"] = row["throughput"] * tokens["padded_tokens"]
         rows.append(row)
         on_row(row)
     return rows

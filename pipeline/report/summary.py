@@ -20,7 +20,7 @@ def collect(cfg: PipelineConfig) -> List[dict]:
                 raise PipelineError(f"report needs {needed}; run the validate and benchmark stages of {name} first")
         validation = read_json(paths.validate_metrics)
         benchmark = read_json(paths.benchmark_metrics)
-        by_batch = sorted(benchmark.values(), key=lambda row: row["batch_size"])
+        by_batch = sorted((row for key, row in benchmark.items() if key.startswith("batch_")), key=lambda row: row["batch_size"])
         smallest, largest = by_batch[0], by_batch[-1]
         rows.append({
             "build": name, "model": entry.model, "target": entry.target, "precision": entry.precision.value,

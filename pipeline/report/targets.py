@@ -11,8 +11,8 @@ Generated from `conf/target/*.yaml` by `python -m pipeline.report.targets` (a te
 file is stale). A target fixes the engine library, the device, the precisions it can run (others are
 refused when the config is composed), the Q/DQ flavour calibrate writes for it, and its build settings.
 
-| target | backend | device | compute capability | TensorRT release | precisions | Q/DQ flavour |
-|---|---|---|---|---|---|---|
+| target | backend | device | CPU ISA | compute capability | TensorRT release | precisions | Q/DQ flavour |
+|---|---|---|---|---|---|---|---|
 """
 
 
@@ -24,7 +24,7 @@ def render(conf_dir: Path) -> str:
         quant = target.get("quantization", {})
         flavour = quant.get("format", "") + (", per-channel" if quant.get("per_channel") else "") + (", 7-bit weights" if quant.get("reduce_range") else "")
         rows.append(
-            f"| `{name}` | {target['backend']} | {target['device']} | {target.get('compute_capability') or '-'} "
+            f"| `{name}` | {target['backend']} | {target['device']} | {target.get('cpu_isa') or '-'} | {target.get('compute_capability') or '-'} "
             f"| {target.get('tensorrt_version') or '-'} | {', '.join(target['precisions'])} | {flavour} |"
         )
         build = ", ".join(f"`{k}={v}`" for k, v in target.get("build", {}).items())

@@ -1,16 +1,20 @@
-"""benchmark: latency percentiles and throughput over the batch-size sweep."""
+"""benchmark: latency percentiles and throughput over the batch-size sweep; on CPU targets, an INT8/FP8
+build timed side by side with its FP32 model (the performance gate), and the host's ISA recorded."""
 from __future__ import annotations
 
 import dataclasses
 
 from ..backends import get_backend
+from ..evaluate.host import isa_report
+from ..backends.onnxruntime_backend import load_onnx_runner
 from ..cli import console
 from ..config.load import BuildContext
-from ..config.schema import Device
+from ..config.schema import Device, PrecisionMode
 from ..data import load_dataset, make_splits
-from ..evaluate.benchmark import sweep
+from ..errors import PipelineError
+from ..evaluate.benchmark import side_by_side, sweep
 from ..io import write_json
-from ..paths import build_paths
+from ..paths import build_paths, model_paths
 
 
 def benchmark(ctx: BuildContext) -> list:
@@ -38,8 +42,34 @@ def benchmark(ctx: BuildContext) -> list:
             rows.append(gpu_benchmark_batch(make_runner, feeds(batch_size), batch_size, settings))
             report(rows[-1])
     else:
+        host, warning = isa_report(ctx.entry.target, ctx.target.cpu_isa)
+        if warning:
+            console.print(f"  [yellow]{ctx.name}: {warning}[/]")
         with backend.load(paths.engine_dir, threads=cfg.benchmark.threads, expect=ctx.artifact_identity()) as runner:
             rows = sweep(runner, feeds, settings, on_row=report)
-    write_json(paths.benchmark_metrics, {f"batch_{row['batch_size']}": row for row in rows})
+            guard = _quantized_vs_fp32(ctx, runner, feeds(max(settings.batch_sizes)), max(settings.batch_sizes))
+    metrics = {f"batch_{row['batch_size']}": row for row in rows}
+    if ctx.target.device != Device.cuda:
+        metrics["host"] = host
+        if guard:
+            metrics["quantized_vs_fp32"] = guard
+    write_json(paths.benchmark_metrics, metrics)
     write_json(paths.latency_plot, [{"build": ctx.name, **row} for row in rows])
+    if ctx.target.device != Device.cuda and guard and not guard["passed"]:
+        raise PipelineError(f"benchmark gate failed for {ctx.name}: {ctx.precision_name} takes {guard['quantized_ms']:.2f} ms at batch "
+                            f"{guard['batch_size']}, FP32 {guard['fp32_ms']:.2f} ms: {guard['speedup']:.2f}x, limit >= "
+                            f"benchmark.min_quantized_speedup={guard['min_speedup']:g}x")
     return rows
+
+
+def _quantized_vs_fp32(ctx: BuildContext, runner, feeds: dict, batch_size: int) -> dict:
+    """A quantized build against its FP32 model at the largest batch, timed side by side ({} when not quantized)."""
+    limit = ctx.config.benchmark.min_quantized_speedup
+    if ctx.precision.mode != PrecisionMode.qdq or limit is None:
+        return {}
+    reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified, threads=ctx.config.benchmark.threads)
+    ms = side_by_side({"quantized": runner, "fp32": reference}, feeds)
+    speedup = ms["fp32"] / ms["quantized"]
+    console.print(f"  {ctx.name} vs FP32 at batch {batch_size}: {ms['quantized']:.2f} ms vs {ms['fp32']:.2f} ms ({speedup:.2f}x)")
+    return {"batch_size": batch_size, "quantized_ms": ms["quantized"], "fp32_ms": ms["fp32"], "speedup": speedup,
+            "min_speedup": limit, "passed": bool(speedup >= limit)}

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from ..backends import get_backend
+from ..evaluate.host import isa_report
 from ..backends.onnxruntime_backend import load_onnx_runner
-from ..cli import progress_bar
+from ..cli import console, progress_bar
+from ..config.schema import Device
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
@@ -31,6 +33,10 @@ def validate(ctx: BuildContext) -> dict:
         task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
         metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, batch_size=ctx.model.batch_size(64),
                            on_batch=lambda n: progress.advance(task, n))
+    if ctx.target.device == Device.cpu:  # INT8 numerics depend on the ISA: say which one ran
+        metrics["host"], warning = isa_report(ctx.entry.target, ctx.target.cpu_isa)
+        if warning:
+            console.print(f"  [yellow]{ctx.name}: {warning}[/]")
     failures = check_gates(metrics, ctx.model.gates)
     metrics["gates_passed"] = not failures
     metrics["gate_failures"] = failures
