@@ -49,18 +49,22 @@ def benchmark_batch(runner: Runner, feeds: Dict[str, np.ndarray], batch_size: in
     return row
 
 
-def side_by_side(runners: Dict[str, Runner], feeds: Dict[str, np.ndarray], rounds: int = 3, block: int = 3) -> Dict[str, float]:
+def side_by_side(runners: Dict[str, Runner], feeds: Dict[str, np.ndarray], rounds: int = 3, block: int = 3,
+                 block_seconds: float = 0.25) -> Dict[str, float]:
     """Median latency (ms) of each runner on the same feeds, timed in alternating blocks (A A A, B B B,
-    A A A, ...) so drift on a noisy machine hits all alike; each block starts with an untimed run, so
-    one session's spinning thread pool does not slow the next one's first run."""
+    A A A, ...) so drift on a noisy machine hits all alike. A block is at least ``block`` runs and
+    ``block_seconds`` long, after an untimed run: the previous session's thread pool spins for a
+    while after its last run, which would otherwise weigh on a fast model's first few runs."""
     times: Dict[str, List[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
             runner.run(feeds)
-            for _ in range(block):
+            started, runs = time.perf_counter(), 0
+            while runs < block or time.perf_counter() - started < block_seconds:
                 start = time.perf_counter()
                 runner.run(feeds)
                 times[name].append((time.perf_counter() - start) * 1000.0)
+                runs += 1
     return {name: float(np.median(values)) for name, values in times.items()}
 
 

@@ -67,6 +67,8 @@ def _quantized_vs_fp32(ctx: BuildContext, runner, feeds: dict, batch_size: int) 
     limit = ctx.config.benchmark.min_quantized_speedup
     if ctx.precision.mode != PrecisionMode.qdq or limit is None:
         return {}
+    # Loaded as the backend loads an FP32 build (every optimization at load time; the build's offline
+    # level only decides what is baked into the file).
     reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified, threads=ctx.config.benchmark.threads)
     ms = side_by_side({"quantized": runner, "fp32": reference}, feeds)
     speedup = ms["fp32"] / ms["quantized"]
