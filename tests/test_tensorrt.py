@@ -194,7 +194,8 @@ def test_a_gpu_build_is_packaged_as_a_tensorrt_plan_on_the_configured_gpus(rtx):
 
     cfg, sidecars = rtx
     name = "resnet18-rtx4090-int8"
-    on_two = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, gpus=[1, 3]))
+    # The batching search is asked for, but this host's Triton cannot serve a TensorRT engine: configured values, said why.
+    on_two = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, gpus=[1, 3], search=dataclasses.replace(cfg.serving.search, enabled=True)))
     written = steps.package(dataclasses.replace(resolve_build(cfg, name), config=on_two))
     native, python = read_config(written["native"]), read_config(written["python"])
     assert native.platform == "tensorrt_plan" and native.optimization.cuda.graphs
@@ -203,3 +204,6 @@ def test_a_gpu_build_is_packaged_as_a_tensorrt_plan_on_the_configured_gpus(rtx):
         (group,) = config.instance_group
         assert group.kind == group.KIND_GPU and list(group.gpus) == [1, 3]
         assert config.max_batch_size == 32  # the profile's max (resnet18: 32), under serving.max_batch_size
+    batching = read_json(build_paths(cfg, name).batching_metrics)
+    assert not batching["searched"] and "the embedded Triton serves ONNX Runtime CPU builds" in batching["not_searched"]
+    assert batching["batching"]["max_queue_delay_us"] == native.dynamic_batching.max_queue_delay_microseconds == cfg.serving.max_queue_delay_us
