@@ -110,11 +110,15 @@ def _fixed_batch(model: onnx.ModelProto, cfg: ModelConfig, model_name: str, show
     return batch
 
 
-def _constant_values(model: onnx.ModelProto) -> Dict[str, tuple]:
-    """Tensor name -> (array, where it lives) for initializers and Constant nodes."""
-    found = {init.name: (numpy_helper.to_array(init), init) for init in model.graph.initializer}
+def _shape_constants(model: onnx.ModelProto) -> Dict[str, tuple]:
+    """Tensor name -> (array, where it lives) for the 1-D int64 initializers and Constant nodes (what a
+    Reshape's target shape is; weights are left unread)."""
+    def is_shape(tensor: onnx.TensorProto) -> bool:
+        return tensor.data_type == onnx.TensorProto.INT64 and len(tensor.dims) == 1
+
+    found = {init.name: (numpy_helper.to_array(init), init) for init in model.graph.initializer if is_shape(init)}
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value" and is_shape(node.attribute[0].t):
             found[node.output[0]] = (numpy_helper.to_array(node.attribute[0].t), node)
     return found
 
@@ -127,7 +131,7 @@ def _make_batch_dynamic(model: onnx.ModelProto, batch: int) -> dict:
         known = {v.name: _dims(v) for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     except Exception:  # inference is a help here, not a requirement: the probe run has the last word
         known = {}
-    constants = _constant_values(model)
+    constants = _shape_constants(model)
     rewritten = []
     for node in model.graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
@@ -141,8 +145,10 @@ def _make_batch_dynamic(model: onnx.ModelProto, batch: int) -> dict:
             continue  # no way to say "copy" here; the probe run names it if it matters
         new = target.copy()
         new[0] = -1 if allow_zero else 0
-        name = f"{node.input[1]}__batch_copied"
-        model.graph.initializer.append(numpy_helper.from_array(new.astype(target.dtype), name))
+        name = f"{node.input[1]}__batch_{'inferred' if allow_zero else 'copied'}"
+        if name not in constants:  # Reshapes sharing one shape constant share its rewrite too
+            model.graph.initializer.append(numpy_helper.from_array(new.astype(target.dtype), name))
+            constants[name] = (new, None)
         node.input[1] = name
         rewritten.append(node.name or node.output[0])
     for value in list(model.graph.input) + list(model.graph.output):

@@ -21,10 +21,9 @@ def prepare(cfg: PipelineConfig, ctx: ModelContext) -> None:
     paths = model_paths(cfg, ctx.name)
     with atomic_dir(paths.prepared) as out:
         if ctx.model.source == ModelSource.onnx:
-            from ..data.resources import resolve_path
             from ..onnx_tools.inspect import external_data_files, load_model
 
-            source = _user_onnx(ctx.model.weights_path, f"model.{ctx.name}.weights_path", resolve_path)
+            source = _user_onnx(ctx.model.weights_path, f"model.{ctx.name}.weights_path")
             load_model(source, "bring-your-own ONNX")  # fail here, clearly, on a broken file
             shutil.copyfile(source, out / paths.source_onnx.name)
             for relative in external_data_files(source):  # weights kept beside the .onnx
@@ -38,8 +37,10 @@ def prepare(cfg: PipelineConfig, ctx: ModelContext) -> None:
         prepare_checkpoint(ctx.model, dataset, splits, out / paths.checkpoint.name, progress=lambda line: console.print(f"  {line}"))
 
 
-def _user_onnx(location: str, key: str, resolve) -> Path:
+def _user_onnx(location: str, key: str) -> Path:
     """The user's ONNX file, or one error saying what the path is instead."""
+    from ..data.resources import resolve_path
+
     if not location:
         raise PipelineError(f"{key} is not set: point it at your ONNX file")
     if not location.startswith("pkg://") and Path(location).is_symlink():
@@ -49,7 +50,7 @@ def _user_onnx(location: str, key: str, resolve) -> Path:
             if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
                 raise PipelineError(f"{key} = {location} is a symbolic link loop; point it at your ONNX file") from exc
             raise PipelineError(f"{key} = {location} is a broken symbolic link ({os.readlink(location)} does not exist)") from exc
-    path = resolve(location)
+    path = resolve_path(location)
     if path.is_dir():
         raise PipelineError(f"{key} = {location} is a directory; point it at the .onnx file (external data files beside it come along)")
     if path.stat().st_size == 0:

@@ -66,9 +66,8 @@ def serve(ctx: BuildContext) -> dict:
             rows.append(row)
             console.print(f"  {ctx.name} concurrency {level:>3}: {row['throughput']:.1f} req/s  p50 {row['p50_ms']:.1f} ms  "
                           f"p99 {row['p99_ms']:.1f} ms  mean batch {row['mean_batch_size']:.1f}  errors {row['errors']}")
-        scenario = None
-        if serving.server_scenario.enabled:  # MLPerf server scenario, from what the closed loop sustained
-            start = max(r["throughput"] for r in rows)
+        scenario, start = None, max(r["throughput"] for r in rows)
+        if serving.server_scenario.enabled and start > 0:  # MLPerf server scenario, from what the closed loop sustained
             scenario = highest_rate_within(server.grpc, ctx.name, samples, serving.p99_budget_ms, start, serving.server_scenario.probes,
                                            serving.server_scenario.seconds_per_rate, report=lambda r: console.print(
                                                f"  {ctx.name} Poisson {r['offered_rate']:.1f} req/s: p99 {r['p99_ms']:.1f} ms, "
