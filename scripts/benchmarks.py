@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,17 +24,11 @@ from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data import load_dataset, make_splits  # noqa: E402
 from pipeline.evaluate.benchmark import side_by_side  # noqa: E402
+from pipeline.evaluate.host import host_cpu  # noqa: E402
 from pipeline.io import read_json  # noqa: E402
 from pipeline.paths import build_paths, model_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_description() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, ISA: {', '.join(isa)}"
 
 
 def floor_feeds(cfg, model: str, batch: int) -> dict:
@@ -240,7 +233,7 @@ def main() -> None:
     parser.add_argument("--output", default="docs/benchmarks.md")
     args = parser.parse_args()
     cfg = load_params(REPO / "params.yaml")
-    machine = cpu_description()
+    machine = host_cpu().describe()
     lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --issue4' if args.issue4 else ''}{' --serving' if args.serving else ''}`)",
              "after `make run`; every comparison runs side by side in one process, in alternating blocks, and is given as a ratio.", ""]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import cpu_description  # noqa: E402
 from pipeline.backends import get_backend  # noqa: E402
 from pipeline.config import resolve_build  # noqa: E402
 from pipeline.config.schema import BatchingSearch  # noqa: E402
 from pipeline.data import load_dataset, make_splits  # noqa: E402
+from pipeline.evaluate.host import host_cpu  # noqa: E402
 from pipeline.paths import build_paths  # noqa: E402
 from pipeline.serving.load import closed_loop, infer_inputs  # noqa: E402
 from pipeline.serving.repository import VERSION, Batching, live_copy, read_config  # noqa: E402
@@ -144,7 +144,7 @@ def serving_section(cfg, budget_ms: float) -> list:
         return "**met**" if ok else "**missed**"
 
     lines = ["## Serving (resnet18 INT8 on the embedded Triton server)", "",
-             f"Machine: {cpu_description()}. Command: `python scripts/serving_benchmarks.py --update docs/benchmarks.md` "
+             f"Machine: {host_cpu().describe()}. Command: `python scripts/serving_benchmarks.py --update docs/benchmarks.md` "
              "(also part of `make bench`), after `make run`.", "",
              "Triton 2.51 from the nvidia-pytriton wheel, Python-backend form running the pipeline's ONNX Runtime runner;",
              "the load generator (tritonclient gRPC, async callbacks) shares the machine's cores with the server.", "",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import PipelineError
-from .schema import ElementType, PipelineConfig, PrecisionMode
+from .schema import ElementType, PipelineConfig, PrecisionMode, option_value
 
 # What each precision mode converts to: the element types that make sense for it.
 _MODE_TYPES = {
@@ -24,9 +24,6 @@ _OPTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Dataset sources whose samples carry task labels (tests/test_data.py checks this against the data layer).
 LABELLED_SOURCES = {"sklearn_digits"}
 
-
-def _value(option) -> str:
-    return str(getattr(option, "value", option))
 
 
 def config_problems(cfg: PipelineConfig) -> List[str]:
@@ -114,9 +111,9 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
             need(bool(spec.shape) and spec.shape[0] in (-1, 1), f"{key}.inputs[{index}].shape", spec.shape,
                  "axis 0 is the batch: -1 (dynamic) or 1 (a model fixed to one sample, run one at a time)")
         data = cfg.dataset.get(model.dataset)
-        if data is not None and model.gates.max_accuracy_drop is not None and _value(data.source) not in LABELLED_SOURCES:
+        if data is not None and model.gates.max_accuracy_drop is not None and option_value(data.source) not in LABELLED_SOURCES:
             problems.append(f"{key}.gates.max_accuracy_drop = {model.gates.max_accuracy_drop!r}: dataset '{model.dataset}' "
-                            f"({_value(data.source)}) has no labels to measure accuracy on; set it to null and gate on "
+                            f"({option_value(data.source)}) has no labels to measure accuracy on; set it to null and gate on "
                             f"min_top1_agreement / min_cosine (agreement with the FP32 reference)")
         need(model.bn_recalibration_batches >= 0, f"{key}.bn_recalibration_batches", model.bn_recalibration_batches, "must be >= 0")
         if model.train is not None:
@@ -135,7 +132,7 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
 
     for name, target in cfg.target.items():
         key = f"target.{name}"
-        need((target.cpu_isa is not None) == (_value(target.device) == "cpu"), f"{key}.cpu_isa", _value(target.cpu_isa) if target.cpu_isa else None,
+        need((target.cpu_isa is not None) == (option_value(target.device) == "cpu"), f"{key}.cpu_isa", option_value(target.cpu_isa) if target.cpu_isa else None,
              "set on CPU targets (x86_64, avx2, vnni or amx), null on GPU targets")
         build = target.build
         need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")

@@ -10,7 +10,7 @@ from typing import Dict
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from .schema import BuildEntry, ModelEntry, PipelineConfig, Precision
+from .schema import BuildEntry, ModelEntry, PipelineConfig, Precision, option_value
 
 SCHEMA_NAME = "pipeline_schema"
 MATRIX_RESOLVER = "pipeline.build_matrix"
@@ -65,15 +65,10 @@ NO_SOURCE_FILE = "stages/prepare.py"
 def servable_builds(builds: DictConfig, targets: DictConfig, precisions) -> Dict[str, BuildEntry]:
     """The builds the embedded Triton server serves here: ONNX Runtime on the CPU, in the Python-backend
     form (TensorRT and CUDA builds are packaged for their own hosts), at the precisions chosen."""
-    chosen = {_value(p) for p in precisions}
+    chosen = {option_value(p) for p in precisions}
     return {name: entry for name, entry in builds.items()
-            if _value(targets[entry.target].backend) == "onnxruntime" and _value(targets[entry.target].device) == "cpu"
-            and _value(entry.precision) in chosen}
-
-
-def _value(option) -> str:
-    """An enum option as its config string (the schema gives enums, plain YAML gives strings)."""
-    return str(getattr(option, "value", option))
+            if option_value(targets[entry.target].backend) == "onnxruntime" and option_value(targets[entry.target].device) == "cpu"
+            and option_value(entry.precision) in chosen}
 
 
 def _has_external_data(path) -> bool:
@@ -98,7 +93,7 @@ def model_entries(models: DictConfig) -> Dict[str, ModelEntry]:
         source = NO_SOURCE_FILE
         if location and not str(location).startswith("pkg://"):
             source = str(location)
-            if _value(model.source) == "onnx" and Path(location).is_file() and _has_external_data(Path(location)):
+            if option_value(model.source) == "onnx" and Path(location).is_file() and _has_external_data(Path(location)):
                 source = str(Path(location).parent)  # the .onnx and its data files: track the folder
         entries[name] = ModelEntry(dataset=model.dataset, source=source)
     return entries

@@ -377,6 +377,11 @@ class PipelineConfig:
     plots_dir: str = "plots"
 
 
+def option_value(option) -> str:
+    """An enum option as its config string (typed configs give enums, plain YAML gives strings)."""
+    return str(getattr(option, "value", option))
+
+
 def as_plain(obj: Any) -> Any:
     """Dataclass/enum tree -> plain JSON-able structure (for hashing and sidecars)."""
     from dataclasses import asdict, is_dataclass

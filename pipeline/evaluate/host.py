@@ -13,6 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..config.schema import option_value
+
 # Each level and the /proc/cpuinfo flags that provide it (any one of them), from the newest down.
 ISA_FLAGS: Dict[str, Tuple[str, ...]] = {
     "amx": ("amx_int8",),
@@ -55,7 +57,7 @@ def host_cpu() -> HostCpu:
 def isa_report(target_name: str, target_isa) -> Tuple[dict, str]:
     """What validate and benchmark record (the host, and whether it has the target's ISA), and a
     warning to print when it has not ('' when it has)."""
-    host, isa = host_cpu(), str(getattr(target_isa, "value", target_isa) or "x86_64")
+    host, isa = host_cpu(), option_value(target_isa) if target_isa else "x86_64"
     report = {"host_cpu": host.model, "host_isa": list(host.flags), "target_isa": isa, "target_isa_on_host": host.supports(isa)}
     warning = "" if report["target_isa_on_host"] else (
         f"target {target_name} is built for {isa}; this host ({host.model}: {', '.join(host.flags) or 'baseline x86-64'}) "

@@ -20,7 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..config.schema import Device, ServingConfig
+from ..config.schema import Device, ServingConfig, option_value
 from ..errors import PipelineError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ class Batching:
 def python_form_problem(backend, device) -> str:
     """Why this machine's Triton (the wheel's CPU server, Python backend wrapping the ONNX Runtime
     runner) cannot serve a build of this backend and device (enums or their strings); '' when it can."""
-    backend, device = (str(getattr(option, "value", option)) for option in (backend, device))
+    backend, device = option_value(backend), option_value(device)
     if backend == "onnxruntime" and device == "cpu":
         return ""
     return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime CPU builds (targets with backend "
