@@ -46,7 +46,7 @@ serve: run
 	$(BIN)/python -m pipeline serve resnet18-cpu-int8
 
 bench: run
-	$(BIN)/python scripts/benchmarks.py --cold --issue4 --serving
+	$(BIN)/python scripts/benchmarks.py --cold --issue4 --serving --cpu-target
 
 clean:
 	rm -rf artifacts metrics plots reports dvc.lock

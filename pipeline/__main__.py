@@ -54,14 +54,11 @@ def serve_foreground(args) -> None:
 
 
 def cpu_target() -> None:
-    import yaml
-
+    from .config import cpu_target_isas
     from .evaluate.host import host_cpu, matching_targets
-    from .config import CONF_DIR
 
     host = host_cpu()
-    targets = {path.stem: conf.get("cpu_isa") for path in sorted((CONF_DIR / "target").glob("*.yaml"))
-               if (conf := yaml.safe_load(path.read_text())).get("device") == "cpu"}
+    targets = cpu_target_isas()
     usable = matching_targets(targets)
     console.print(f"this host: {host.describe()}")
     console.print(f"CPU targets it runs, the most specific first: {', '.join(f'{t} ({targets[t]})' for t in usable)}")

@@ -180,8 +180,8 @@ def issue4_section(cfg_path: Path, matmul_kernel: tuple) -> list:
     batch, base, ours, ratio = rows[0]
     report = calibration["minilm"][1]
     lines += ["## MiniLM (all-MiniLM-L6-v2) INT8 on the CPU target", "",
-              "Plain ORT on the FP32 export vs the pipeline's `minilm-cpu-int8` (u8s8 Q/DQ on MatMul/Gemm inputs,",
-              "7-bit weights, accuracy search on). Batch 32 × 128 tokens, median of 3 alternating blocks of 3 runs.", "",
+              f"Plain ORT on the FP32 export vs the pipeline's `minilm-cpu-int8` ({report['method']} INT8 activations, 7-bit weights,",
+              "accuracy search on). Batch 32 × 128 tokens, median of 3 alternating blocks of 3 runs.", "",
               "| batch × seq | plain ORT FP32 ms | pipeline INT8 ms | speed-up | mean cosine | worst cosine | NN retrieval agreement |",
               "|---|---|---|---|---|---|---|",
               f"| {batch} × 128 | {base:.0f} | {ours:.0f} | {ratio:.2f}× | {validation['cosine_mean']:.4f} | {validation['cosine_min']:.4f} | {validation['retrieval_agreement']:.3f} |", "",
@@ -192,12 +192,59 @@ def issue4_section(cfg_path: Path, matmul_kernel: tuple) -> list:
               "| model | method | statistics s | Q/DQ insertion s | calibration total s | accuracy check/search s | whole stage s |",
               "|---|---|---|---|---|---|---|"]
     for model, (seconds, rep) in calibration.items():
-        total = rep["statistics_seconds"] + rep["quantize_seconds"]
-        lines.append(f"| {model} | {rep['method']} | {rep['statistics_seconds']} | {rep['quantize_seconds']} | {total:.1f} | {rep.get('search_seconds', 0)} | {seconds:.1f} |")
+        total = rep.get("statistics_seconds", 0) + rep["quantize_seconds"]  # dynamic ranges collect no statistics
+        lines.append(f"| {model} | {rep['method']} | {rep.get('statistics_seconds', '-')} | {rep['quantize_seconds']} | {total:.1f} | {rep.get('search_seconds', 0)} | {seconds:.1f} |")
     resnet = calibration.get("resnet50")
     verdict = floor_verdict(resnet[1]["statistics_seconds"] + resnet[1]["quantize_seconds"], 60.0, " s", higher_is_better=False) if resnet else "not measured"
     lines += ["", f"ResNet-50-class calibration total, {verdict}. The whole stage also draws and hashes",
               "the samples and checks the gates on the search split (the accuracy search's first step).", ""]
+    return lines
+
+
+def cpu_target_section() -> list:
+    """Issue 13's floors on this host's most specific CPU target: resnet18 and MiniLM INT8 vs plain ORT FP32,
+    with the speed guard's and the accuracy search's decisions, and MiniLM on length-bucketed real text."""
+    from pipeline import steps
+    from pipeline.config import cpu_target_isas, resolve_build, resolve_model, write_params
+    from pipeline.evaluate.host import matching_targets
+
+    target = matching_targets(cpu_target_isas())[0]
+    lines = ["## CPU target by instruction set: INT8 vs plain ONNX Runtime FP32", "",
+             f"Machine: {host_cpu().describe()}; its most specific CPU target: `{target}`.",
+             "Command: `python scripts/benchmarks.py --cpu-target` (in `make bench`; alone: `--only-cpu-target --update docs/benchmarks.md`).",
+             f"It composes resnet18 and MiniLM for `{target}`, runs calibrate (speed guard and accuracy search included), build,",
+             "validate and benchmark, then times plain ORT on each FP32 export against the INT8 artifact, median of 5 alternating blocks.", "",
+             "| model | batch | plain ORT FP32 ms | INT8 ms | speed-up | floor | quality (validation split) | kept float: speed / accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
+    floors = {("resnet18", 32): 3.6, ("resnet18", 1): 2.5, ("minilm", 32): 2.5}
+    with tempfile.TemporaryDirectory() as tmp:
+        params = Path(tmp) / "params.yaml"
+        write_params(params, ["model=[resnet18,minilm]", f"target=[{target}]", "precision=[fp32,int8]", "benchmark.min_quantized_speedup=null",
+                              f"artifacts_dir={tmp}/a", f"metrics_dir={tmp}/m", f"plots_dir={tmp}/p"])
+        cfg = load_params(params)
+        for model, batches in (("resnet18", (1, 32)), ("minilm", (32,))):
+            ctx = resolve_model(cfg, model)
+            for step in (steps.prepare, steps.export, steps.simplify):
+                step(cfg, ctx)
+            build = resolve_build(cfg, f"{model}-{target}-int8")
+            report = steps.calibrate(build)
+            steps.build(build)
+            quality = steps.validate(build)
+            if model == "minilm":
+                steps.benchmark(build)
+                bucketed = read_json(build_paths(cfg, build.name).benchmark_metrics)["length_bucketed"]
+                shown = f"cosine {quality['cosine_mean']:.4f} (worst {quality['cosine_min']:.4f}), retrieval {quality['retrieval_agreement']:.3f}"
+            else:
+                shown = f"top-1 agreement {quality['top1_agreement']:.3f}, cosine {quality['cosine_mean']:.4f}"
+            kept = f"{len(report.get('kept_float_for_speed', []))} / {len(report['excluded_nodes']) - len(report.get('kept_float_for_speed', []))}"
+            for batch, base, ours, ratio in speed_table(cfg, model, build.name, batches=batches):
+                floor = floors[(model, batch)]
+                lines.append(f"| {model} | {batch}{' × 128' if model == 'minilm' else ''} | {base:.1f} | {ours:.1f} | {ratio:.2f}× | "
+                             f"≥ {floor}×: **{'met' if ratio >= floor else 'missed'}** | {shown} | {kept} |")
+    lines += ["", f"MiniLM on the validation sentences in length-sorted batches of {bucketed['batch_size']}, each padded to its longest "
+              f"({bucketed['mean_padded_tokens']:.1f} padded tokens per sentence for {bucketed['mean_tokens']:.1f} real): "
+              f"{bucketed['throughput']:.0f} sentences/s, {bucketed['tokens_per_s']:.0f} tokens/s, "
+              f"{bucketed['vs_fixed_shape_throughput']:.2f}× the throughput of the fixed 32 × 128 shape.", ""]
     return lines
 
 
@@ -230,11 +277,22 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also time a cold `dvc repro` in a fresh clone (~5 min)")
     parser.add_argument("--issue4", action="store_true", help="also MiniLM INT8 speed/accuracy and ResNet-50 calibration time (~5 min)")
     parser.add_argument("--serving", action="store_true", help="also the serving floors on a real Triton server (~5 min)")
+    parser.add_argument("--cpu-target", action="store_true", help="also INT8 vs FP32 on this host's most specific CPU target (~5 min)")
+    parser.add_argument("--only-cpu-target", action="store_true", help="only that section, replacing it in --update's file")
+    parser.add_argument("--update", metavar="MARKDOWN", default="docs/benchmarks.md", help="the file --only-cpu-target rewrites a section of")
     parser.add_argument("--output", default="docs/benchmarks.md")
     args = parser.parse_args()
+    if args.only_cpu_target:
+        from serving_benchmarks import replace_section
+
+        path = Path(args.update)
+        section = cpu_target_section()
+        path.write_text(replace_section(path.read_text(), section) + "\n")
+        print("\n".join(section))
+        return
     cfg = load_params(REPO / "params.yaml")
     machine = host_cpu().describe()
-    lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --issue4' if args.issue4 else ''}{' --serving' if args.serving else ''}`)",
+    lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --issue4' if args.issue4 else ''}{' --serving' if args.serving else ''}{' --cpu-target' if args.cpu_target else ''}`)",
              "after `make run`; every comparison runs side by side in one process, in alternating blocks, and is given as a ratio.", ""]
 
     lines += ["## INT8 artifact vs plain ONNX Runtime (resnet18, CPU)", "",
@@ -265,6 +323,10 @@ def main() -> None:
               f"`python -m stages.calibrate --build resnet18-cpu-int8` ({report['method']}): peak RSS {rss:.2f} GiB, "
               f"{seconds:.1f} s for the whole stage ({report['statistics_seconds']} s collecting statistics). Floor: ≤ 4 GB.", ""]
 
+    if args.cpu_target:
+        lines += cpu_target_section()
+        lines += ["The same comparison on an Intel Xeon with AMX-INT8 (the lent GPU machine's host), 2 and 16 cores:",
+                  "[cpu_amx.md](cpu_amx.md) (`scripts/cpu_speed.py` on artifacts carried there).", ""]
     if args.issue4:
         lines += issue4_section(REPO / "params.yaml", kernels["matmul"])
     if args.serving:

@@ -88,6 +88,12 @@ def test_every_precision_option_makes_builds_of_that_precision(tmp_path, precisi
         (["target.cpu.backend=tvm"], "expected one of [onnxruntime, tensorrt, tensorrt_rtx]"),
         (["+model.digits_cnn.typo_key=1"], "Key 'typo_key' not in 'ModelConfig'"),
         (["dataset=[digits]"], "model 'resnet18' uses dataset 'photo_crops', which is not selected"),
+        (["model.digits_cnn.int8_activations=per_token"], "expected one of [static, dynamic]"),
+        (["model.digits_cnn.transformer_fusions.model_type=bertish"], "model.digits_cnn.transformer_fusions.model_type = 'bertish': one of ONNX Runtime's"),
+        (["model.digits_cnn.transformer_fusions.num_heads=5", "model.digits_cnn.transformer_fusions.hidden_size=384"],
+         "hidden_size a multiple of num_heads"),
+        (["target=[rtx4090]", "target.rtx4090.quantization.min_layer_speedup=1.02"],
+         "target.rtx4090.quantization.min_layer_speedup = 1.02: null, or > 0 on ONNX Runtime CPU targets"),
     ],
 )
 def test_bad_config_fails_at_compose_time_naming_what_is_allowed(tmp_path, overrides, expected):

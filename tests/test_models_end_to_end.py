@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 
 from pipeline import steps
@@ -83,7 +84,20 @@ def test_minilm_int8_meets_cosine_and_retrieval_gates_through_the_search(minilm)
     last = search["steps"][-1]
     assert not last["gate_failures"] and len(last["excluded"]) <= cfg.calibration.search.max_excluded
     kept = read_json(build_paths(cfg, "minilm-cpu-int8").calibrated_dir / "exclusions.json")
-    assert kept == last["excluded"] and all("MatMul" in node or "Gemm" in node for node in kept)
+    assert kept == last["excluded"] and all("MatMul" in node or "Attention" in node for node in kept)
+
+
+def test_minilm_int8_on_the_cpu_is_fused_and_quantized_per_batch(minilm):
+    """Attention fused and quantized as QAttention, activations quantized at run time, and the target's
+    disabled SkipLayerNormFusion honoured when ONNX Runtime optimizes the artifact."""
+    cfg, _ = minilm
+    report = read_json(build_paths(cfg, "minilm-cpu-int8").calibrated_dir / "report.json")
+    assert report["method"] == "dynamic" and report["transformer_fusions"]["Attention"] == 6
+    ops = {node.op_type for node in onnx.load(str(build_paths(cfg, "minilm-cpu-int8").engine_dir / "model.onnx")).graph.node}
+    assert {"QAttention", "DynamicQuantizeMatMul"} <= ops or {"QAttention", "MatMulIntegerToFloat"} <= ops, ops
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    sidecar = read_json(build_paths(cfg, "minilm-cpu-int8").engine_dir / "sidecar.json")
+    assert sidecar["disabled_optimizers"] == cfg.target["cpu"].build.disabled_optimizers == ["SkipLayerNormFusion"]
 
 
 def test_report_for_an_embedding_model_shows_retrieval_agreement(minilm):

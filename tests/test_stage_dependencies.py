@@ -31,7 +31,8 @@ STRUCTURAL = {"artifacts_dir", "metrics_dir", "plots_dir"}  # they name the out 
 UNREAD_HERE = {
     "prepare": {"model.<model>.architecture": "torchvision models only", "model.<model>.bn_recalibration_batches": "torchvision models only"},
     "export": {"model.<model>.architecture": "torchvision models only"},
-    "calibrate": {"model.<model>.outputs": "read by the accuracy search, only when plain INT8 misses a gate"},
+    "calibrate": {"model.<model>.outputs": "read by the accuracy search, only when plain INT8 misses a gate",
+                  "pipeline/onnx_tools/fusion.py": "transformer models only (MiniLM: tests/test_cpu_targets.py)"},
     "validate": {"pipeline/backends/tensorrt_backend.py": "loading an engine needs a GPU",
                  "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU"},
     "benchmark": {"pipeline/backends/tensorrt_backend.py": "loading an engine needs a GPU",
@@ -115,6 +116,9 @@ def observed(tmp_path_factory, legacy_onnx):
         (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "serving.search.enabled=true", "serving.search.instances=[1]",
           "serving.search.max_queue_delay_us=[1000]", "serving.search.preferred_batch_sizes=[[]]", "serving.search.concurrency=[2]",
           "serving.search.seconds_per_trial=0.5", "serving.agreement_samples=8"], {"package"}),
+        # Dynamic INT8 ranges and the per-layer speed guard (on the portable target, so any host times layers).
+        (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "model.digits_cnn.int8_activations=dynamic",
+          "target.cpu.quantization.min_layer_speedup=1.02"], {"calibrate"}),
     ]
     declared, seen = defaultdict(lambda: defaultdict(set)), defaultdict(lambda: defaultdict(set))
     env = dict(os.environ, PYTHONPATH=str(root), STAGE_READS_ALSO=str(legacy_onnx.parent),

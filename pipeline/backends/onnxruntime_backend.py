@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,12 +35,13 @@ def session_options(threads: int = 0, level: str = "all"):
     return options
 
 
-def create_session(path: Path | str, threads: int = 0, level: str = "all"):
+def create_session(path: Path | str, threads: int = 0, level: str = "all", disabled_optimizers: Sequence[str] = ()):
     """An InferenceSession on the CPU with a clear error for files ONNX Runtime refuses."""
     ort = _ort()
     require_file(path, "ONNX model")
     try:
-        return ort.InferenceSession(str(path), session_options(threads, level), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads, level), providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers))
     except Exception as exc:  # ORT raises Fail/InvalidGraph/NotImplemented, all RuntimeError-like
         raise PipelineError(f"ONNX Runtime cannot load {path}: {exc}") from exc
 
@@ -109,7 +110,8 @@ class OnnxRuntimeBackend(Backend):
             options = session_options(request.target.build.intra_op_threads, request.target.build.graph_optimization_level.value)
             options.optimized_model_filepath = str(artifact)
             try:
-                session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"],
+                                               disabled_optimizers=list(request.target.build.disabled_optimizers))
             except Exception as exc:
                 raise PipelineError(f"ONNX Runtime cannot build {request.onnx_path}: {exc}") from exc
             inputs, outputs = specs_from_session(session), specs_from_session(session, outputs=True)
@@ -123,6 +125,8 @@ class OnnxRuntimeBackend(Backend):
             "build": request.build_name,
             "precision": request.precision,
             "graph_optimization_level": request.target.build.graph_optimization_level.value,
+            # Left out at build and again at load, where ONNX Runtime optimizes the artifact once more.
+            "disabled_optimizers": list(request.target.build.disabled_optimizers),
             "config_hash": request.config_hash,
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(artifact),
@@ -156,12 +160,12 @@ class OnnxRuntimeBackend(Backend):
                 f"{artifact_dir} was optimized by onnxruntime {sidecar['versions']['onnxruntime']}, "
                 f"this is {ort.__version__}: rerun the build stage (dvc repro)"
             )
-        return OnnxRuntimeRunner(create_session(path, threads), inputs)
+        return OnnxRuntimeRunner(create_session(path, threads, disabled_optimizers=sidecar.get("disabled_optimizers", ())), inputs)
 
 
-def load_onnx_runner(path: Path | str, threads: int = 0, level: str = "all") -> OnnxRuntimeRunner:
+def load_onnx_runner(path: Path | str, threads: int = 0, level: str = "all", disabled_optimizers: Sequence[str] = ()) -> OnnxRuntimeRunner:
     """A runner straight on an ONNX file (the FP32 reference, plain-ORT baselines)."""
-    session = create_session(path, threads, level)
+    session = create_session(path, threads, level, disabled_optimizers)
     return OnnxRuntimeRunner(session, specs_from_session(session))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 _MODULE_OF = {
-    "CONF_DIR": "compose", "compose": "compose", "compose_yaml": "compose", "write_params": "compose",
+    "CONF_DIR": "compose", "compose": "compose", "compose_yaml": "compose", "write_params": "compose", "cpu_target_isas": "compose",
     "BuildContext": "load", "ModelContext": "load", "load_params": "load", "resolve_build": "load", "resolve_model": "load",
     "PipelineConfig": "schema",
 }

@@ -115,6 +115,15 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
             problems.append(f"{key}.gates.max_accuracy_drop = {model.gates.max_accuracy_drop!r}: dataset '{model.dataset}' "
                             f"({option_value(data.source)}) has no labels to measure accuracy on; set it to null and gate on "
                             f"min_top1_agreement / min_cosine (agreement with the FP32 reference)")
+        fusions = model.transformer_fusions
+        need(fusions.num_heads >= 0 and fusions.hidden_size >= 0 and (fusions.num_heads == 0 or fusions.hidden_size % fusions.num_heads == 0),
+             f"{key}.transformer_fusions", f"num_heads={fusions.num_heads}, hidden_size={fusions.hidden_size}",
+             "both >= 0 (0: read from the graph), hidden_size a multiple of num_heads")
+        if fusions.model_type is not None:
+            from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+            need(fusions.model_type in MODEL_TYPES, f"{key}.transformer_fusions.model_type", fusions.model_type,
+                 f"one of ONNX Runtime's transformer model types {sorted(MODEL_TYPES)}")
         need(model.bn_recalibration_batches >= 0, f"{key}.bn_recalibration_batches", model.bn_recalibration_batches, "must be >= 0")
         if model.train is not None:
             need(model.train.epochs >= 1 and model.train.batch_size >= 1 and model.train.learning_rate > 0, f"{key}.train",
@@ -134,6 +143,10 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
         key = f"target.{name}"
         need((target.cpu_isa is not None) == (option_value(target.device) == "cpu"), f"{key}.cpu_isa", option_value(target.cpu_isa) if target.cpu_isa else None,
              "set on CPU targets (x86_64, avx2, vnni or amx), null on GPU targets")
+        min_layer_speedup = target.quantization.min_layer_speedup
+        need(min_layer_speedup is None or (min_layer_speedup > 0 and option_value(target.backend) == "onnxruntime"
+                                           and option_value(target.device) == "cpu"),
+             f"{key}.quantization.min_layer_speedup", min_layer_speedup, "null, or > 0 on ONNX Runtime CPU targets (layers are timed on this host)")
         build = target.build
         need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")
         need(build.workspace_mib >= 1, f"{key}.build.workspace_mib", build.workspace_mib, "must be >= 1")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -59,6 +59,14 @@ def _explain(exc: Exception, config_dir: Path) -> str:
         options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
         message = f"unknown {group} option '{unknown.group(2)}'; available {group} options: {', '.join(options)}"
     return message
+
+
+def cpu_target_isas(config_dir: Path | str = CONF_DIR) -> Dict[str, Optional[str]]:
+    """Every CPU target option in conf/ and the instruction set it is built for (target name -> ISA)."""
+    import yaml
+
+    targets = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((Path(config_dir) / "target").glob("*.yaml"))}
+    return {name: conf.get("cpu_isa") for name, conf in targets.items() if conf.get("device") == "cpu"}
 
 
 def compose_yaml(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> str:

@@ -63,6 +63,13 @@ class QuantFormat(str, Enum):
     trt_s8s8 = "trt_s8s8"
 
 
+class ActivationRanges(str, Enum):
+    """Where INT8 activation ranges come from."""
+
+    static = "static"  # calibrated once on the calibration samples (Q/DQ in the ONNX)
+    dynamic = "dynamic"  # measured per batch at run time (ONNX Runtime CPU targets only)
+
+
 class CalibrationMethod(str, Enum):
     minmax = "minmax"
     entropy = "entropy"
@@ -154,6 +161,13 @@ class ProfileConfig:
 
 
 @dataclass
+class TransformerFusions:
+    model_type: Optional[str] = None  # ONNX Runtime's transformer optimizer model type, e.g. bert; null: none
+    num_heads: int = 0  # attention heads; 0: read from the graph (needs the exporter's Reshape pattern)
+    hidden_size: int = 0  # 0: read from the graph
+
+
+@dataclass
 class ModelConfig:
     source: ModelSource = ModelSource.torchvision
     task: Task = Task.classification
@@ -179,6 +193,13 @@ class ModelConfig:
     quantize_outputs: bool = True
     # onnx source: make a fixed batch dimension dynamic (else a fixed batch is refused).
     dynamic_batch: bool = False
+    # ONNX Runtime CPU targets: dynamic ranges suit transformers (per-batch ranges follow activation
+    # outliers; no Q/DQ between fused kernels). Other targets always calibrate static Q/DQ.
+    int8_activations: ActivationRanges = ActivationRanges.static
+    # ONNX Runtime CPU targets: fuse with ONNX Runtime's transformer optimizer before quantizing
+    # (Attention, EmbedLayerNormalization, BiasGelu), so attention projections quantize as one
+    # QAttention.
+    transformer_fusions: TransformerFusions = field(default_factory=TransformerFusions)
 
     def batch_size(self, wanted: int) -> int:
         """``wanted``, or 1 for a model whose inputs fix a batch of one: every stage then runs it one
@@ -192,6 +213,12 @@ class QuantizationConfig:
     per_channel: bool = True
     # 7-bit weights: avoids int16 saturation in u8s8 kernels on x86 CPUs without VNNI.
     reduce_range: bool = False
+    # Speed guard (ONNX Runtime CPU targets): a layer whose INT8 form is not at least this many
+    # times faster than its float form stays float, each timed alone on real activations, side by
+    # side, on a host with the target's ISA; the accuracy search then keeps in float the layers that
+    # buy the most accuracy per millisecond. The decisions depend on the host's timings, so the
+    # portable target leaves it null (byte-reproducible builds, layers ranked by accuracy alone).
+    min_layer_speedup: Optional[float] = None
 
 
 @dataclass
@@ -199,6 +226,9 @@ class BuildSettings:
     # ONNX Runtime: optimization level baked in offline.
     graph_optimization_level: GraphOptimizationLevel = GraphOptimizationLevel.extended
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    # ONNX Runtime graph transformers left out at build and load (recorded in the sidecar), e.g.
+    # SkipLayerNormFusion, whose fused kernel is slower than Add + LayerNormalization on INT8 BERT.
+    disabled_optimizers: List[str] = field(default_factory=list)
     # TensorRT / TensorRT-RTX
     builder_optimization_level: int = 3
     workspace_mib: int = 4096

@@ -93,3 +93,26 @@ def sweep(
         rows.append(row)
         on_row(row)
     return rows
+
+
+def length_bucketed(runner: Runner, load: Callable[[List[int]], Dict[str, np.ndarray]], indices: List[int], batch_size: int,
+                    repeats: int = 3) -> dict:
+    """One pass over real text as a server with length bucketing sees it: ``indices`` sorted by token
+    count, cut into batches of ``batch_size``, each padded only to its longest sentence. Median of
+    ``repeats`` timed passes after an untimed one."""
+    lengths = load(list(indices))["attention_mask"].sum(axis=1)
+    ordered = [indices[i] for i in np.argsort(lengths, kind="stable")]
+    batches = [load(ordered[start:start + batch_size]) for start in range(0, len(ordered), batch_size)]
+    tokens = float(sum(b["attention_mask"].sum() for b in batches))
+    padded = float(sum(b["attention_mask"].size for b in batches))
+    passes = []
+    for attempt in range(repeats + 1):
+        started = time.perf_counter()
+        for feeds in batches:
+            runner.run(feeds)
+        if attempt:  # the first pass warms every shape up
+            passes.append(time.perf_counter() - started)
+    seconds = float(np.median(passes))
+    return {"batch_size": batch_size, "samples": len(ordered), "batches": len(batches), "seconds": seconds,
+            "throughput": len(ordered) / seconds, "tokens_per_s": tokens / seconds, "padded_tokens_per_s": padded / seconds,
+            "mean_tokens": tokens / len(ordered), "mean_padded_tokens": padded / len(ordered)}

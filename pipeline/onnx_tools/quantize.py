@@ -232,6 +232,38 @@ def quantize_qdq(
         onnx.save(model, str(tmp))
 
 
+def dynamic_op_types(op_types: Sequence[str]) -> List[str]:
+    """The ops dynamic quantization covers for a model that quantizes ``op_types``: a fused Attention
+    holds the Q/K/V MatMuls, so it is quantized when MatMul is (as one QAttention)."""
+    op_types = list(op_types) or ["MatMul", "Gemm", "Conv"]
+    return sorted(set(op_types) | ({"Attention"} if "MatMul" in op_types else set()))
+
+
+def quantize_dynamic_int8(
+    src: Path,
+    dst: Path,
+    op_types: Sequence[str] = (),
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    nodes_to_exclude: Sequence[str] = (),
+) -> None:
+    """Write ``src`` with INT8 weights and activations quantized per batch at run time (ONNX Runtime's
+    integer ops: DynamicQuantizeMatMul, QAttention). Only MatMuls with constant weights are quantized:
+    attention scores (activation x activation) stay float."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(dst) as tmp, logger_levels(logging.ERROR, ""):
+        try:
+            quantize_dynamic(str(src), str(tmp), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=dynamic_op_types(op_types), nodes_to_exclude=list(nodes_to_exclude),
+                             extra_options={"MatMulConstBOnly": True})
+        except (ValueError, RuntimeError) as exc:
+            raise PipelineError(f"dynamic quantization of {src} failed: {exc}") from exc
+        model = onnx.load(str(tmp))
+        model.producer_name, model.producer_version = "trt-pipeline", ""
+        onnx.save(model, str(tmp))
+
+
 def trt_version_number(version: str) -> int:
     """TensorRT's integer version, as in its calibration-cache header: "10.3.0" -> 100300."""
     major, minor, patch = (list(map(int, version.split(".")[:3])) + [0, 0])[:3]
@@ -252,9 +284,13 @@ def trt_calibration_cache(ranges: Dict[str, tuple], method: CalibrationMethod, t
     return "\n".join(lines) + "\n"
 
 
+_INTEGER_OPS = ("MatMulInteger", "ConvInteger", "QAttention", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv")
+
+
 def qdq_summary(model: onnx.ModelProto) -> dict:
-    """Counts of Q/DQ nodes and of quantized element types, to prove the graph is quantized."""
-    quantized = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    """Counts of Q/DQ nodes, integer ops and quantized element types, to prove the graph is quantized."""
+    quantized = sum(1 for n in model.graph.node if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"))
     dequantized = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear")
+    integer_ops = sum(1 for n in model.graph.node if n.op_type in _INTEGER_OPS)
     zero_point_types = sorted({onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer if i.name.endswith("_zero_point")})
-    return {"quantize_linear": quantized, "dequantize_linear": dequantized, "zero_point_types": zero_point_types}
+    return {"quantize_linear": quantized, "dequantize_linear": dequantized, "integer_ops": integer_ops, "zero_point_types": zero_point_types}

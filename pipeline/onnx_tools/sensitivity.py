@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -47,7 +47,7 @@ def quantized_nodes(qdq_model: onnx.ModelProto) -> Dict[str, dict]:
     return nodes
 
 
-def _with_outputs(model_path: Path, names: Iterable[str], out_path: Path) -> List[str]:
+def with_outputs(model_path: Path, names: Iterable[str], out_path: Path) -> List[str]:
     model = onnx.load(str(model_path))
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
@@ -55,7 +55,7 @@ def _with_outputs(model_path: Path, names: Iterable[str], out_path: Path) -> Lis
     available = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
     for name in sorted(set(names)):
         if name in available and name not in existing:
-            model.graph.output.append(infos.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            model.graph.output.append(infos.get(name) or onnx.helper.make_empty_tensor_value_info(name))  # ONNX Runtime types it
     onnx.save(model, str(out_path))
     return sorted((set(names) & available))
 
@@ -67,8 +67,8 @@ def layer_sensitivity(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str
     nodes = quantized_nodes(onnx.load(str(qdq_path)))
     wanted = {n["output"] for n in nodes.values()} | {i for n in nodes.values() for i in n["inputs"]}
     with tempfile.TemporaryDirectory(prefix="sensitivity.", dir=workdir) as tmp:
-        names = _with_outputs(fp32_path, wanted, Path(tmp) / "fp32.onnx")
-        _with_outputs(qdq_path, names, Path(tmp) / "qdq.onnx")
+        names = with_outputs(fp32_path, wanted, Path(tmp) / "fp32.onnx")
+        with_outputs(qdq_path, names, Path(tmp) / "qdq.onnx")
         fp32 = create_session(Path(tmp) / "fp32.onnx", level="disabled")
         qdq = create_session(Path(tmp) / "qdq.onnx", level="disabled")
         squared_error = dict.fromkeys(names, 0.0)
@@ -148,3 +148,47 @@ def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np
         cosine = mean_cosine(_without_quantization_of(qdq, fp32_weights, name))
         ranked.append({"node": name, "op": node["op"], "cosine_if_float": cosine, "gain": cosine - baseline})
     return sorted(ranked, key=lambda r: (-r["gain"], r["node"]))
+
+
+def leave_one_out_requantized(fp32_path: Path, candidates: List[Tuple[str, str]], feeds_list: List[Dict[str, np.ndarray]], output: str,
+                              quantize: Callable[[List[str], Path], None], excluded: Sequence[str] = (),
+                              workdir: Optional[Path] = None) -> List[dict]:
+    """``leave_one_out`` for graphs without Q/DQ pairs to bypass (dynamic quantization's integer ops):
+    each candidate (node, op) is left in float by quantizing the model again without it."""
+    from ..backends.onnxruntime_backend import create_session
+
+    fp32 = create_session(fp32_path, level="basic")
+    reference = [fp32.run([output], feeds)[0] for feeds in feeds_list]
+    with tempfile.TemporaryDirectory(prefix="loo.", dir=workdir) as tmp:
+        path = Path(tmp) / "m.onnx"
+
+        def mean_cosine(kept_float: List[str]) -> float:
+            quantize(kept_float, path)
+            session = create_session(path, level="all")
+            values = [row_cosine(session.run([output], feeds)[0], want) for feeds, want in zip(feeds_list, reference)]
+            return float(np.nan_to_num(np.concatenate(values), nan=-1.0).mean())
+
+        baseline = mean_cosine(list(excluded))
+        ranked = []
+        for name, op in candidates:
+            cosine = mean_cosine(list(excluded) + [name])
+            ranked.append({"node": name, "op": op, "cosine_if_float": cosine, "gain": cosine - baseline})
+    return sorted(ranked, key=lambda r: (-r["gain"], r["node"]))
+
+
+def rank_by_cost(ranking: List[dict], layer_speed: List[dict], worthwhile: float = 0.1) -> List[dict]:
+    """Candidates in the order the search keeps them in float, cheapest accuracy first.
+
+    A layer's cost is the time its INT8 form saves (float ms - int8 ms, timed alone on this host).
+    Among the layers that buy at least ``worthwhile`` of the best single gain, the most accuracy per
+    millisecond comes first; the rest follow by gain. Without timings the order is by gain alone."""
+    cost = {row["node"]: max(row["float_ms"] - row["int8_ms"], 0.0) for row in layer_speed}
+    if not cost or not ranking:
+        return ranking
+    best = max(r["gain"] for r in ranking)
+    rows = [{**r, "cost_ms": cost.get(r["node"])} for r in ranking]
+    for row in rows:
+        row["gain_per_ms"] = row["gain"] / max(row["cost_ms"], 1e-3) if row["cost_ms"] is not None else None
+    chosen = [r for r in rows if best > 0 and r["gain"] >= worthwhile * best and r["gain_per_ms"] is not None]
+    chosen.sort(key=lambda r: (-r["gain_per_ms"], r["node"]))
+    return chosen + [r for r in rows if r not in chosen]

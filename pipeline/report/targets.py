@@ -23,6 +23,8 @@ def render(conf_dir: Path) -> str:
         name = path.stem
         quant = target.get("quantization", {})
         flavour = quant.get("format", "") + (", per-channel" if quant.get("per_channel") else "") + (", 7-bit weights" if quant.get("reduce_range") else "")
+        if quant.get("min_layer_speedup"):
+            flavour += f", speed guard {quant['min_layer_speedup']}x"
         rows.append(
             f"| `{name}` | {target['backend']} | {target['device']} | {target.get('cpu_isa') or '-'} | {target.get('compute_capability') or '-'} "
             f"| {target.get('tensorrt_version') or '-'} | {', '.join(target['precisions'])} | {flavour} |"

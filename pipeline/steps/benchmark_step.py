@@ -12,7 +12,7 @@ from ..config.load import BuildContext
 from ..config.schema import Device, PrecisionMode
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
-from ..evaluate.benchmark import side_by_side, sweep
+from ..evaluate.benchmark import length_bucketed, side_by_side, sweep
 from ..io import write_json
 from ..paths import build_paths, model_paths
 
@@ -48,11 +48,14 @@ def benchmark(ctx: BuildContext) -> list:
         with backend.load(paths.engine_dir, threads=cfg.benchmark.threads, expect=ctx.artifact_identity()) as runner:
             rows = sweep(runner, feeds, settings, on_row=report)
             guard = _quantized_vs_fp32(ctx, runner, feeds(max(settings.batch_sizes)), max(settings.batch_sizes))
+            bucketed = _length_bucketed(ctx, runner, dataset, validation, rows[-1])
     metrics = {f"batch_{row['batch_size']}": row for row in rows}
     if ctx.target.device != Device.cuda:
         metrics["host"] = host
         if guard:
             metrics["quantized_vs_fp32"] = guard
+        if bucketed:
+            metrics["length_bucketed"] = bucketed
     write_json(paths.benchmark_metrics, metrics)
     write_json(paths.latency_plot, [{"build": ctx.name, **row} for row in rows])
     if ctx.target.device != Device.cuda and guard and not guard["passed"]:
@@ -60,6 +63,19 @@ def benchmark(ctx: BuildContext) -> list:
                             f"{guard['batch_size']}, FP32 {guard['fp32_ms']:.2f} ms: {guard['speedup']:.2f}x, limit >= "
                             f"benchmark.min_quantized_speedup={guard['min_speedup']:g}x")
     return rows
+
+
+def _length_bucketed(ctx: BuildContext, runner, dataset, validation: list, fixed_row: dict) -> dict:
+    """Sequence models: the validation text in length-sorted batches padded to their longest, beside
+    the fixed padded shape of the sweep's largest batch ({} for models without an attention mask)."""
+    if "attention_mask" not in {spec.name for spec in ctx.model.inputs} or ctx.model.batch_size(2) == 1:
+        return {}
+    row = length_bucketed(runner, dataset.load, list(validation), fixed_row["batch_size"])
+    row["vs_fixed_shape_throughput"] = row["throughput"] / fixed_row["throughput"]
+    console.print(f"  {ctx.name} length-bucketed batches of {row['batch_size']} ({row['mean_padded_tokens']:.0f} padded tokens per sentence, "
+                  f"{row['mean_tokens']:.0f} real): {row['throughput']:.1f}/s, {row['tokens_per_s']:.0f} tokens/s "
+                  f"({row['vs_fixed_shape_throughput']:.2f}x the padded fixed shape)")
+    return row
 
 
 def _quantized_vs_fp32(ctx: BuildContext, runner, feeds: dict, batch_size: int) -> dict:

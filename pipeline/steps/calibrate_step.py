@@ -9,9 +9,10 @@ from pathlib import Path
 from ..backends.onnxruntime_backend import load_onnx_runner
 from ..cli import console, progress_bar
 from ..config.load import BuildContext
-from ..config.schema import Backend, ElementType, PrecisionMode, as_plain
+from ..config.schema import ActivationRanges, Backend, Device, ElementType, PrecisionMode, as_plain
 from ..data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits, search_indices
 from ..errors import PipelineError
+from ..evaluate.host import host_cpu
 from ..evaluate.validate import check_gates, evaluate, with_headroom
 from ..io import atomic_dir, require_file, scratch_dir, write_json
 from ..paths import build_paths, model_paths
@@ -38,15 +39,22 @@ def calibrate(ctx: BuildContext) -> dict:
             report.update(_quantize(ctx, source, out, scratch))
         # Durations differ run to run: they are metrics, so the artifact stays byte-identical and DVC
         # skips the build when nothing else changed.
-        seconds = {key: report.pop(key) for key in [k for k in report if k.endswith("_seconds")]}
+        seconds = {key: report.pop(key) for key in [k for k in report if k.endswith("_seconds") or k == "layer_speed"]}
         write_json(out / "report.json", report)
     write_json(paths.calibrate_metrics, seconds)
     return {**report, **seconds}
 
 
+def _uses_dynamic_ranges(ctx: BuildContext) -> bool:
+    """Dynamic activation ranges where the model asks for them and the target runs them (ONNX Runtime on the CPU)."""
+    return (ctx.model.int8_activations == ActivationRanges.dynamic and ctx.target.backend == Backend.onnxruntime
+            and ctx.target.device == Device.cpu and ctx.precision.dtype == ElementType.int8)
+
+
 def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict:
     from ..onnx_tools.inspect import load_model
-    from ..onnx_tools.quantize import collect_ranges, qdq_summary, quantize_qdq, trt_calibration_cache
+    from ..onnx_tools.quantize import (_quantizable_op_types, collect_ranges, dynamic_op_types, qdq_summary, quantize_dynamic_int8,
+                                       quantize_qdq, trt_calibration_cache)
 
     calibration = ctx.config.calibration
     element = ctx.precision.dtype  # int8 or float8e4m3fn: the config checks tie qdq to those
@@ -60,75 +68,136 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
     # ORT's calibrator and quantizer write shape-inferred copies next to the model they read: give
     # them a private copy, so nothing lands in (or races on) the simplify stage's output folder.
     shutil.copyfile(source, scratch / "source.onnx")
-    source = scratch / "source.onnx"
+    source = reference_path = scratch / "source.onnx"  # the FP32 reference stays the simplified graph
+    report: dict = {}
+    dynamic = _uses_dynamic_ranges(ctx)
+    if dynamic and ctx.model.transformer_fusions.model_type:
+        from ..onnx_tools.fusion import fuse_transformer
+
+        fusions = ctx.model.transformer_fusions
+        report["transformer_fusions"] = fuse_transformer(source, scratch / "fused.onnx", fusions.model_type, fusions.num_heads, fusions.hidden_size)
+        source = scratch / "fused.onnx"
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     splits = make_splits(dataset, ctx.dataset)
     indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
     check_disjoint(dataset, indices, splits.validation)
-    manifest = make_manifest(dataset, indices, "calibration", calibration.seed)
+    search = calibration.search
+    # Dynamic ranges need no calibration pass: only the samples that time and rank layers are used.
+    used = indices[: search.sensitivity_samples] if dynamic else indices
+    manifest = make_manifest(dataset, used, "calibration", calibration.seed)
     searched: list = []
-    if calibration.search.enabled:
-        size = calibration.search.num_samples or len(splits.validation)
+    if search.enabled:
+        size = search.num_samples or len(splits.validation)
         searched = search_indices(splits, indices, size, calibration.seed, dataset.name)
         check_disjoint(dataset, searched, splits.validation)
         manifest["search"] = make_manifest(dataset, searched, "search", calibration.seed)
     write_json(out / "manifest.json", manifest)
-    started = time.perf_counter()
-    chunks = (feeds for _, feeds in dataset.batches(indices, ctx.model.batch_size(calibration.batch_size)))
     quantization = ctx.target.quantization
-    with progress_bar() as progress:
-        task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
-        ranges = collect_ranges(
-            source, chunks, calibration, symmetric=quantization.format.value == "trt_s8s8", op_types=ctx.model.quantize_op_types,
-            on_chunk=lambda count: progress.advance(task, count), workdir=scratch,
-        )
-    collect_seconds = time.perf_counter() - started
-    if ctx.target.tensorrt_major == 10:
-        # For TensorRT 10 tools that still take a calibrator cache (trtexec --calib); the pipeline
-        # itself builds from the Q/DQ model on every TensorRT line, and 11 has no calibrators.
-        cache = trt_calibration_cache(ranges, calibration.method, ctx.target.tensorrt_version)
-        (out / "calibration.cache").write_text(cache, encoding="utf-8")
-    model_out = out / "model.onnx"
+    op_types = ctx.model.quantize_op_types
+    seconds: dict = {}
+    if dynamic:
+        report.update({"method": "dynamic", "num_samples": 0, "quant_format": "ort_integer_ops", "calibrated_tensors": 0})
+        layer_op_types = dynamic_op_types(op_types)
 
-    def quantize(excluded: list) -> None:
-        quantize_qdq(source, model_out, ranges, quantization.format, quantization.per_channel, calibration.method,
-                     nodes_to_exclude=excluded, op_types=ctx.model.quantize_op_types, reduce_range=quantization.reduce_range,
-                     quantize_outputs=ctx.model.quantize_outputs, element=element.value, workdir=scratch)
-
-    excluded = list(calibration.exclude_nodes)
-    started = time.perf_counter()
-    quantize(excluded)
-    quantize_seconds = time.perf_counter() - started
-    report = {
-        "method": calibration.method.value,
-        "num_samples": len(indices),
-        "quant_format": quantization.format.value,
-        "calibrated_tensors": len(ranges),
-        "statistics_seconds": round(collect_seconds, 1),
-        "quantize_seconds": round(quantize_seconds, 1),
-    }
-    if calibration.search.enabled:
+        def quantize_to(excluded: list, src: Path, dst: Path) -> None:
+            quantize_dynamic_int8(src, dst, op_types, quantization.per_channel, quantization.reduce_range, nodes_to_exclude=excluded)
+    else:
         started = time.perf_counter()
-        excluded = _search_exclusions(ctx, source, model_out, dataset, searched, indices, excluded, quantize, out, scratch)
-        report["search_seconds"] = round(time.perf_counter() - started, 1)
+        chunks = (feeds for _, feeds in dataset.batches(indices, ctx.model.batch_size(calibration.batch_size)))
+        with progress_bar() as progress:
+            task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
+            ranges = collect_ranges(
+                source, chunks, calibration, symmetric=quantization.format.value == "trt_s8s8", op_types=op_types,
+                on_chunk=lambda count: progress.advance(task, count), workdir=scratch,
+            )
+        seconds["statistics_seconds"] = round(time.perf_counter() - started, 1)
+        if ctx.target.tensorrt_major == 10:
+            # For TensorRT 10 tools that still take a calibrator cache (trtexec --calib); the pipeline
+            # itself builds from the Q/DQ model on every TensorRT line, and 11 has no calibrators.
+            cache = trt_calibration_cache(ranges, calibration.method, ctx.target.tensorrt_version)
+            (out / "calibration.cache").write_text(cache, encoding="utf-8")
+        report.update({"method": calibration.method.value, "num_samples": len(indices), "quant_format": quantization.format.value,
+                       "calibrated_tensors": len(ranges)})
+        layer_op_types = list(op_types) or _quantizable_op_types()
+
+        def quantize_to(excluded: list, src: Path, dst: Path) -> None:
+            quantize_qdq(src, dst, ranges, quantization.format, quantization.per_channel, calibration.method,
+                         nodes_to_exclude=excluded, op_types=op_types, reduce_range=quantization.reduce_range,
+                         quantize_outputs=ctx.model.quantize_outputs, element=element.value, workdir=scratch)
+
+    model_out = out / "model.onnx"
+    excluded = list(calibration.exclude_nodes)
+    sensitivity_feeds = [f for _, f in dataset.batches(used[: search.sensitivity_samples], ctx.model.batch_size(16))]
+    layer_speed: list = []
+    if quantization.min_layer_speedup is not None:
+        timings, slow = _speed_guard(ctx, source, layer_op_types, sensitivity_feeds[0], quantize_to, scratch)
+        # Host-dependent: which layers stayed float is in the artifact's report, the timings are metrics.
+        report["kept_float_for_speed"] = slow
+        seconds["layer_speed"] = timings
+        layer_speed = timings.get("layers", [])
+        excluded += [node for node in slow if node not in excluded]
+    started = time.perf_counter()
+    quantize_to(excluded, source, model_out)
+    seconds["quantize_seconds"] = round(time.perf_counter() - started, 1)
+    if search.enabled:
+        started = time.perf_counter()
+        excluded = _search_exclusions(ctx, reference_path, source, model_out, dataset, searched, sensitivity_feeds, excluded,
+                                      lambda kept, dst: quantize_to(kept, source, dst), layer_speed, dynamic, out, scratch)
+        seconds["search_seconds"] = round(time.perf_counter() - started, 1)
     write_json(out / "exclusions.json", excluded)
     report["excluded_nodes"] = excluded
     report["qdq"] = qdq_summary(load_model(model_out))
-    return report
+    return {**report, **seconds}
 
 
-def _search_exclusions(ctx, source, model_out, dataset, search_samples, calibration_samples, excluded, quantize, out, scratch) -> list:
-    """Accuracy-aware precision: exclude the layers that add the most error until the gates pass.
+def _speed_guard(ctx: BuildContext, source: Path, op_types: list, feeds: dict, quantize_to, scratch: Path) -> tuple:
+    """Layers not ``min_layer_speedup`` faster in INT8 alone, and not slower for the model in float, stay float.
+
+    Timings on a host without the target's ISA would decide for the wrong CPU: the guard then keeps
+    every layer quantized and says so (the benchmark's INT8-vs-FP32 gate still applies)."""
+    from ..evaluate.layer_speed import confirm_in_model, layer_speedups, weighted_layers
+    from ..onnx_tools.inspect import load_model
+
+    limit = ctx.target.quantization.min_layer_speedup
+    host = host_cpu()
+    isa = ctx.target.cpu_isa.value if ctx.target.cpu_isa else None
+    if not host.supports(isa):
+        console.print(f"[yellow]  speed guard {ctx.name}: this host ({host.describe()}) lacks the target's ISA '{isa}'; "
+                      "no layer timed, every layer stays quantized[/yellow]")
+        return {"host": host.describe(), "skipped": f"host lacks {isa}"}, []
+    layers = len(weighted_layers(load_model(source), op_types))
+    with progress_bar() as progress:
+        task = progress.add_task(f"time layers {ctx.name} (float vs int8)", total=layers)
+        rows = layer_speedups(source, op_types, feeds, lambda src, dst: quantize_to([], src, dst), workdir=scratch,
+                              on_layer=lambda: progress.advance(task))
+    suspects = [row["node"] for row in rows if row["speedup"] < limit]
+    confirmed = confirm_in_model(source, suspects, feeds, quantize_to, workdir=scratch,
+                                 disabled_optimizers=ctx.target.build.disabled_optimizers) if suspects else []
+    for row in confirmed:
+        verdict = "stays float" if row["stays_float"] else "stays int8 (faster in the model)"
+        console.print(f"  speed guard {ctx.name}: {row['node']} below {limit}x alone; model {row['model_layer_float_ms']:.1f} ms "
+                      f"with it float vs {row['model_all_int8_ms']:.1f} ms all int8: {verdict}")
+    slow = [row["node"] for row in confirmed if row["stays_float"]]
+    return {"host": host.describe(), "min_layer_speedup": limit, "layers": rows, "in_model": confirmed}, slow
+
+
+def _search_exclusions(ctx, reference_path, source, model_out, dataset, search_samples, sensitivity_feeds, excluded, quantize,
+                       layer_speed, dynamic, out, scratch) -> list:
+    """Accuracy-aware precision: keep in float the layers that buy the most accuracy (per millisecond
+    they cost, when layers were timed) until the gates pass.
 
     Candidates are judged with ONNX Runtime on the CPU (for TensorRT targets the same Q/DQ graph
     simulates the engine's quantization) against the model's validate gates on the search split,
     which neither calibration nor validate uses: validate's metrics stay an independent check.
     """
+    from ..evaluate.layer_speed import weighted_layers
     from ..evaluate.validate import CachedRunner
-    from ..onnx_tools.sensitivity import layer_sensitivity, leave_one_out
+    from ..onnx_tools.inspect import load_model
+    from ..onnx_tools.quantize import dynamic_op_types
+    from ..onnx_tools.sensitivity import layer_sensitivity, leave_one_out, leave_one_out_requantized, rank_by_cost
 
     search = ctx.config.calibration.search
-    reference = CachedRunner(load_onnx_runner(source))
+    reference = CachedRunner(load_onnx_runner(reference_path))
 
     # ORT runs the artifact itself for ORT targets; for TensorRT targets it simulates the Q/DQ graph,
     # with basic optimizations only (its extended Q/DQ fusions mis-handle FP8 on the CPU).
@@ -148,12 +217,19 @@ def _search_exclusions(ctx, source, model_out, dataset, search_samples, calibrat
     ranking: list = []
     layer_errors: list = []
     if failures:
-        feeds = [f for _, f in dataset.batches(calibration_samples[: search.sensitivity_samples], ctx.model.batch_size(16))]
-        layer_errors = layer_sensitivity(source, model_out, feeds, workdir=scratch)  # intermediate-tensor errors, for the report
-        ranking = leave_one_out(source, model_out, feeds, ctx.model.outputs[0], ctx.model.quantize_op_types, workdir=scratch)
+        output = ctx.model.outputs[0]
+        if dynamic:  # no Q/DQ pairs to bypass: quantize again without each candidate
+            candidates = [(n.name, n.op_type) for n in weighted_layers(load_model(source), dynamic_op_types(ctx.model.quantize_op_types))
+                          if n.name not in excluded]
+            ranking = leave_one_out_requantized(source, candidates, sensitivity_feeds, output,
+                                                lambda kept, dst: quantize(kept, dst), excluded, workdir=scratch)
+        else:
+            layer_errors = layer_sensitivity(source, model_out, sensitivity_feeds, workdir=scratch)  # intermediate-tensor errors, for the report
+            ranking = leave_one_out(source, model_out, sensitivity_feeds, output, ctx.model.quantize_op_types, workdir=scratch)
+        ranking = rank_by_cost(ranking, layer_speed)
         for layer in [r for r in ranking if r["node"] not in excluded][: search.max_excluded]:
             excluded.append(layer["node"])
-            quantize(excluded)
+            quantize(excluded, model_out)
             metrics, failures = judge()
             steps_taken.append({"excluded": list(excluded), "added": layer, "metrics": metrics, "gate_failures": failures})
             console.print(f"  search {ctx.name}: + keep {layer['node']} ({layer['op']}) in float -> {metrics}")
