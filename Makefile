@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make run   - create .venv from requirements.lock, then `dvc repro` the default pipeline
+#   make run   - create .venv from requirements.lock, then `dvc repro` the default pipeline and render its plots
 #   make test  - create .venv the same way, then run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run test test-fast params check-params bench serve clean
+.PHONY: venv run test test-fast params check-params bench serve plots clean
 
 SERVING_ENV := .venv-serving
 
@@ -27,6 +27,11 @@ venv: $(VENV)/.installed
 run: venv
 	$(BIN)/python -m pipeline check
 	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline plots
+
+# dvc.yaml's plots as SVG/PNG/offline HTML in reports/plots (what reports/summary.md embeds)
+plots: venv
+	$(BIN)/python -m pipeline plots
 
 test: venv
 	$(BIN)/python -m pytest

@@ -7,6 +7,7 @@ serve:   serve one packaged build on a real Triton server in the foreground unti
 deploy:  promote a packaged build to the next version of a live repository on a running Triton server
          (explicit model control), checked first; ``--rollback`` serves the previous good version again.
 cpu-target: this host's CPU, its instruction sets, and the CPU targets it runs (the most specific first).
+plots:   dvc.yaml's plots, as DVC fills them, rendered to SVG, PNG and offline HTML in reports/plots.
 """
 from __future__ import annotations
 
@@ -89,8 +90,16 @@ def main() -> None:
     deploy.add_argument("--rollback", action="store_true", help="serve the previous good version again")
     deploy.add_argument("--params", default="params.yaml")
     commands.add_parser("cpu-target", help="this host's CPU and the CPU targets it runs")
+    plots = commands.add_parser("plots", help="render dvc.yaml's plots to images (no network needed)")
+    plots.add_argument("--out", default="reports/plots")
     args = parser.parse_args()
 
+    if args.command == "plots":
+        from .report.plots import filled_specs, render_images
+
+        written = render_images(filled_specs(Path(".")), Path(args.out))
+        console.print(f"{len(written) // 2} plots rendered to {args.out}: SVG and PNG each, {args.out}/index.html opens offline")
+        return
     if args.command == "cpu-target":
         cpu_target()
         return

@@ -36,8 +36,6 @@ class ModelPaths:
 class BuildPaths:
     root: Path
     metrics: Path
-    latency_plot: Path
-    serving_plot: Path
 
     @property
     def calibrated_dir(self) -> Path:  # calibrated.onnx, manifest.json, calibration.cache, report.json
@@ -92,6 +90,4 @@ def build_paths(cfg: PipelineConfig, build: str) -> BuildPaths:
     return BuildPaths(
         root=Path(cfg.artifacts_dir) / "builds" / build,
         metrics=Path(cfg.metrics_dir) / "builds" / build,
-        latency_plot=Path(cfg.plots_dir) / "latency" / f"{build}.json",
-        serving_plot=Path(cfg.plots_dir) / "serving" / f"{build}.json",
     )

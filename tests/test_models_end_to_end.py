@@ -31,7 +31,7 @@ def _run_all(cfg, model: str) -> dict:
         steps.build(build)
         results[build.precision_name] = {"validate": steps.validate(build), "benchmark": steps.benchmark(build)}
     reports = Path(cfg.artifacts_dir).parent / "reports"
-    results["report_rows"] = write_report(cfg, reports / "summary.md", reports / "summary.json", reports / "plot.json")
+    results["report_rows"] = write_report(cfg, reports / "summary.md", reports / "summary.json", reports)
     results["report"] = (reports / "summary.md").read_text()
     return results
 

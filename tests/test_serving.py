@@ -100,8 +100,9 @@ def test_serve_stage_answers_like_the_offline_engine_under_load(served):
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["mean_batch_size"] >= 1.0
     assert metrics["concurrency_8"]["mean_batch_size"] > 1.0, "dynamic batching formed batches"
     assert metrics["ready_seconds"] < cfg.serving.startup_timeout_s
-    plot = read_json(build_paths(cfg, BUILD).serving_plot)
-    assert [row["concurrency"] for row in plot] == cfg.serving.concurrency
+    from pipeline.report.summary import serving_rows
+
+    assert [row["concurrency"] for row in serving_rows(cfg) if row["build"] == BUILD] == cfg.serving.concurrency, "the serving plot's data"
     scenario = metrics["server_scenario"]  # MLPerf server scenario: Poisson arrivals, doubling until a miss, then bisecting
     probes = scenario["probes"]
     assert len(probes) == cfg.serving.server_scenario.probes and all(p["requests"] > 0 for p in probes)

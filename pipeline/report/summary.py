@@ -94,10 +94,46 @@ def render_serving(rows: List[dict]) -> str:
     return "\n".join(lines + [""])
 
 
-def write_report(cfg: PipelineConfig, markdown: Path, summary: Path, plot: Path) -> List[dict]:
+def latency_rows(cfg: PipelineConfig) -> List[dict]:
+    """Every build's benchmark sweep, one row per batch size: the data of the latency and throughput plots."""
+    rows = []
+    for name, entry in sorted(cfg.builds.items()):
+        benchmark = read_json(build_paths(cfg, name).benchmark_metrics)
+        for row in sorted((v for k, v in benchmark.items() if k.startswith("batch_")), key=lambda row: row["batch_size"]):
+            rows.append({"build": name, "model": entry.model, "target": entry.target, "precision": entry.precision.value,
+                         "batch_size": row["batch_size"], "p50_ms": row["p50_ms"], "p99_ms": row["p99_ms"], "throughput": row["throughput"]})
+    return rows
+
+
+def serving_rows(cfg: PipelineConfig) -> List[dict]:
+    """Every served build's closed-loop sweep, one row per client concurrency."""
+    rows = []
+    for name in sorted(cfg.servable):
+        path = build_paths(cfg, name).serve_metrics
+        if path.is_file():
+            served = read_json(path)
+            for level in sorted((v for k, v in served.items() if k.startswith("concurrency_")), key=lambda row: row["concurrency"]):
+                rows.append({"build": name, "model": cfg.builds[name].model, "concurrency": level["concurrency"],
+                             "throughput": level["throughput"], "p99_ms": level["p99_ms"]})
+    return rows
+
+
+def write_report(cfg: PipelineConfig, markdown: Path, summary: Path, plots_dir: Path, images: str = "") -> List[dict]:
+    """The markdown report, the summary metrics, and the data of the project's plots (dvc.yaml's
+    top-level plots draw them; ``images``, relative to the markdown, is where their rendered
+    images are, embedded beside the tables)."""
     rows = collect(cfg)
     serving = collect_serving(cfg)
-    write_text(markdown, render_markdown(rows) + ("\n" + render_serving(serving) if serving else ""))
+    figures = ""
+    if images:
+        figures = "\n".join(["## Plots", "", f"![latency vs batch size]({images}/latency.svg)", "",
+                              f"![throughput vs batch size]({images}/throughput.svg)", "",
+                              f"![accuracy vs latency]({images}/accuracy_vs_latency.svg)", ""]
+                             + ([f"![served throughput vs concurrency]({images}/serving_throughput.svg)", "",
+                                 f"![served p99 vs concurrency]({images}/serving_p99.svg)", ""] if serving else []))
+    write_text(markdown, render_markdown(rows) + ("\n" + render_serving(serving) if serving else "") + ("\n" + figures if figures else ""))
     write_json(summary, {r["build"]: r for r in rows})
-    write_json(plot, rows)
+    write_json(plots_dir / "accuracy_vs_latency.json", [{**r, "label": f"{r['precision']} ({r['target']})"} for r in rows])
+    write_json(plots_dir / "latency.json", latency_rows(cfg))
+    write_json(plots_dir / "serving.json", serving_rows(cfg))
     return rows

@@ -57,7 +57,6 @@ def benchmark(ctx: BuildContext) -> list:
         if bucketed:
             metrics["length_bucketed"] = bucketed
     write_json(paths.benchmark_metrics, metrics)
-    write_json(paths.latency_plot, [{"build": ctx.name, **row} for row in rows])
     if ctx.target.device != Device.cuda and guard and not guard["passed"]:
         raise PipelineError(f"benchmark gate failed for {ctx.name}: {ctx.precision_name} takes {guard['quantized_ms']:.2f} ms at batch "
                             f"{guard['batch_size']}, FP32 {guard['fp32_ms']:.2f} ms: {guard['speedup']:.2f}x, limit >= "

@@ -83,7 +83,6 @@ def serve(ctx: BuildContext) -> dict:
     if scenario is not None:
         metrics["server_scenario"] = scenario
     write_json(paths.serve_metrics, metrics)
-    write_json(paths.serving_plot, [{"build": ctx.name, **r} for r in rows])
     if failures:
         raise PipelineError(f"serving gate failed for {ctx.name}: " + "; ".join(failures))
     return metrics
