@@ -8,6 +8,9 @@ deploy:  promote a packaged build to the next version of a live repository on a 
          (explicit model control), checked first; ``--rollback`` serves the previous good version again.
 cpu-target: this host's CPU, its instruction sets, and the CPU targets it runs (the most specific first).
 plots:   dvc.yaml's plots, as DVC fills them, rendered to SVG, PNG and offline HTML in reports/plots.
+run:     the build matrix split by target: ``run --target T`` fetches the run-cache from the default remote,
+         reproduces only target T's stages here and pushes the results; ``run --report`` gathers every
+         target's results from the remote into one report.
 """
 from __future__ import annotations
 
@@ -92,7 +95,24 @@ def main() -> None:
     commands.add_parser("cpu-target", help="this host's CPU and the CPU targets it runs")
     plots = commands.add_parser("plots", help="render dvc.yaml's plots to images (no network needed)")
     plots.add_argument("--out", default="reports/plots")
+    run = commands.add_parser("run", help="run one target's share of the matrix, through the DVC remote")
+    run.add_argument("--target", action="append", default=[], help="a selected target (repeat for several)")
+    run.add_argument("--report", action="store_true", help="fetch every target's results and write the report")
+    run.add_argument("--no-share", action="store_true", help="no fetch/push: this machine only")
+    run.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
+
+    if args.command == "run":
+        from . import matrix
+        from .config import load_params
+
+        if not args.target and not args.report:
+            raise PipelineError("run needs --target NAME (repeatable) and/or --report")
+        if args.target:
+            matrix.run_targets(load_params(args.params), args.target, share=not args.no_share)
+        if args.report:
+            matrix.report(share=not args.no_share)
+        return
 
     if args.command == "plots":
         from .report.plots import filled_specs, render_images

@@ -86,6 +86,11 @@ def model_metrics(cfg: PipelineConfig, model: str) -> Path:
     return Path(cfg.metrics_dir) / "models" / model
 
 
+def environment_file(cfg: PipelineConfig, target: str) -> Path:
+    """What the target's artifacts are tied to (library versions, device): a dependency of calibrate onwards."""
+    return Path(cfg.artifacts_dir) / "environment" / f"{target}.json"
+
+
 def build_paths(cfg: PipelineConfig, build: str) -> BuildPaths:
     return BuildPaths(
         root=Path(cfg.artifacts_dir) / "builds" / build,

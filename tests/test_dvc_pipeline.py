@@ -20,7 +20,7 @@ from .conftest import NO_SPEED_GATE, REPO
 pytestmark = pytest.mark.slow
 
 SMALL = ["model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "serving.seconds_per_level=0.5", NO_SPEED_GATE]
-PROJECT_FILES = ["conf", "pipeline", "stages", "hydra_plugins", "dvc.yaml", ".dvcignore"]
+PROJECT_FILES = ["conf", "pipeline", "stages", "hydra_plugins", "dvc.yaml", ".dvcignore", ".gitignore"]
 
 
 def _env():
@@ -29,15 +29,18 @@ def _env():
     return env
 
 
-def run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=repo, env=_env(), capture_output=True, text=True)
+def run(repo: Path, *args: str, check: bool = True, extra_env: dict = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=repo, env={**_env(), **(extra_env or {})}, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
 def ran(result: subprocess.CompletedProcess) -> set:
-    return set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+    """The stages that ran, without the environment probes, which run on every `dvc repro` by design
+    and change nothing downstream unless the environment did (tests/test_remote.py)."""
+    stages = set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))
+    return {stage for stage in stages if not stage.startswith("environment@")}
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
@@ -50,9 +53,10 @@ def set_param(repo: Path, dotted: str, value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dvcrepo")
+def project_repo(root: Path, *overrides: str) -> Path:
+    """A git + DVC repository of the project's files and DVC settings (Hydra on, the default remote, the
+    plot templates), params composed with ``overrides``, committed."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
@@ -60,11 +64,17 @@ def repo(tmp_path_factory):
     run(root, "git", "config", "user.email", "ci@example.invalid")
     run(root, "git", "config", "user.name", "ci")
     run(root, "dvc", "init", "-q")
-    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates dvc.yaml names
-    run(root, "dvc", "config", "hydra.enabled", "true")
-    run(root, sys.executable, "-m", "pipeline", "compose", *SMALL)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    run(root, sys.executable, "-m", "pipeline", "compose", *overrides)
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "init")
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = project_repo(tmp_path_factory.mktemp("dvcrepo"), *SMALL)
     first = run(root, "dvc", "repro")
     return root, first
 
@@ -228,6 +238,37 @@ def test_dvc_exp_run_composes_conf_with_overrides_through_the_schema(repo):
     refused = run(root, "dvc", "exp", "run", "-Sprecision=[fp16]", *[f"-S{o}" for o in SMALL], check=False)
     assert refused.returncode != 0
     assert "target 'cpu' cannot run precision ['fp16']" in refused.stdout + refused.stderr
+
+
+def test_a_queued_sweep_runs_two_experiments_and_shows_both_results(repo):
+    """`dvc exp run --queue -S ...` twice, `dvc queue start --jobs 2`, then `dvc exp show` lists both
+    experiments with their own metrics (unchanged stages come from the run-cache)."""
+    root, _ = repo
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "before the sweep", check=False)
+    for method in ("percentile", "minmax"):
+        run(root, "dvc", "exp", "run", "--queue", "--name", f"cal-{method}", *[f"-S{o}" for o in SMALL], f"-Scalibration={method}")
+    run(root, "dvc", "queue", "start", "--jobs", "2")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(root, "dvc", "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    shown = json.loads(run(root, "dvc", "exp", "show", "--json").stdout)
+    found = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for revision in exp.get("revs", []):
+                data = revision.get("data") or {}
+                if revision.get("name") in ("cal-percentile", "cal-minmax"):
+                    params = data["params"]["params.yaml"]["data"]
+                    metrics = data["metrics"]["metrics/builds/digits_cnn-cpu-int8/validate.json"]["data"]
+                    found[revision["name"]] = (params["calibration"]["method"], metrics["accuracy"])
+    assert set(found) == {"cal-percentile", "cal-minmax"}, shown
+    assert found["cal-percentile"][0] == "percentile" and found["cal-minmax"][0] == "minmax"
+    assert all(0 < accuracy <= 100 for _, accuracy in found.values())
 
 
 def test_gpu_target_joins_the_matrix_and_fails_only_at_build_without_tensorrt(repo):

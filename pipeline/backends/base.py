@@ -74,6 +74,10 @@ class Backend(abc.ABC):
         """Raise a PipelineError saying what to install when the library or device is missing."""
 
     @abc.abstractmethod
+    def versions(self) -> Dict[str, str]:
+        """{library: version} of what this backend's artifacts are tied to ("not installed" where missing)."""
+
+    @abc.abstractmethod
     def build(self, request: BuildRequest) -> dict:
         """Write the artifact into ``request.out_dir``; return the sidecar dict (also written there)."""
 

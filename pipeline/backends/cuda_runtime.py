@@ -427,3 +427,26 @@ class OnnxRuntimeCudaRunner(StreamRunner):
 
 class _Rebind(Exception):
     """The session was replaced (graph-mode fallback): bind and run again."""
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value  # older NVML bindings return bytes
+
+
+def gpu_identity(index: int = 0) -> Optional[dict]:
+    """Name, compute capability and driver of GPU ``index`` from NVML; None on a machine without one."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no nvidia-ml-py, or no driver: no GPU to tie an engine to
+        return None
+    try:
+        if index >= pynvml.nvmlDeviceGetCount():
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+        return {"name": _text(pynvml.nvmlDeviceGetName(handle)), "compute_capability": f"{major}.{minor}",
+                "driver": _text(pynvml.nvmlSystemGetDriverVersion())}
+    finally:
+        pynvml.nvmlShutdown()

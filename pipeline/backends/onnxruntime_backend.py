@@ -95,6 +95,9 @@ class OnnxRuntimeBackend(Backend):
         if "CPUExecutionProvider" not in ort.get_available_providers():
             raise PipelineError("this onnxruntime build has no CPUExecutionProvider")
 
+    def versions(self) -> Dict[str, str]:
+        return {"onnxruntime": _ort().__version__}
+
     def build(self, request: BuildRequest) -> dict:
         ort = _ort()
         self.check_available()

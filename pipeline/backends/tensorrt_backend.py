@@ -187,6 +187,12 @@ class TensorRTBackend(Backend):
     def check_available(self) -> None:
         import_tensorrt(self.rtx)
 
+    def versions(self) -> Dict[str, str]:
+        try:
+            return {_library_name(self.rtx): import_tensorrt(self.rtx).__version__}
+        except PipelineError:
+            return {_library_name(self.rtx): "not installed"}
+
     def build(self, request: BuildRequest) -> dict:
         trt = import_tensorrt(self.rtx)
         out = Path(request.out_dir)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 
 # <stage>_step.py: a module named like its function would shadow it once imported.
-_MODULE_OF = {name: f"{name}_step" for name in ("prepare", "export", "simplify", "calibrate", "build", "validate", "benchmark",
-                                                   "package", "serve")}
+_MODULE_OF = {name: f"{name}_step" for name in ("environment", "prepare", "export", "simplify", "calibrate", "build", "validate",
+                                                   "benchmark", "package", "serve")}
 __all__ = sorted(_MODULE_OF)
 
 

@@ -1,0 +1,105 @@
+"""Results shared through a DVC remote, for real: two clones with separate caches and one remote.
+
+Machine A runs the pipeline, commits dvc.lock and pushes with the run-cache; machine B clones that
+commit, pulls, and `dvc repro` runs no stage; a benchmark param changed on B reruns the benchmark stages
+and the report only. Machine C has no dvc.lock at all (a branch that never committed one): it fetches
+the run-cache and `dvc repro` restores every stage from it instead of running it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import REPO
+from .test_dvc_pipeline import SMALL, project_repo, ran, run, set_param
+
+pytestmark = pytest.mark.slow
+
+
+def _origin(root, *overrides):
+    return project_repo(root / "origin", *(overrides or SMALL))
+
+
+def _clone(origin, path, remote):
+    run(origin.parent, "git", "clone", "-q", str(origin), str(path))
+    run(path, "dvc", "remote", "modify", "--local", "shared", "url", str(remote))  # this test's own shared folder
+    return path
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    origin = _origin(root)
+    remote = root / "shared-storage"
+    a = _clone(origin, root / "machine_a", remote)
+    first = run(a, "dvc", "repro")
+    run(a, "dvc", "push", "--run-cache")
+    run(a, "git", "add", "dvc.lock")
+    run(a, "git", "commit", "-qm", "results of machine A")
+    b = _clone(a, root / "machine_b", remote)
+    c = _clone(origin, root / "machine_c", remote)
+    return a, b, c, first
+
+
+def test_the_project_ships_a_default_remote():
+    assert run(REPO, "dvc", "config", "core.remote").stdout.strip() == "shared"
+    # A folder beside the clone (DVC resolves the URL relative to .dvc/).
+    assert run(REPO, "dvc", "config", "--project", "remote.shared.url").stdout.strip() == str(REPO.resolve().parent / "trt-pipeline-remote")
+
+
+def _cache_files(repo) -> int:
+    cache = repo / ".dvc" / "cache"
+    return sum(1 for p in cache.rglob("*") if p.is_file()) if cache.exists() else 0
+
+
+def test_a_second_machine_pulls_and_runs_nothing(machines):
+    a, b, _, first = machines
+    assert "report" in ran(first), "machine A ran the pipeline"
+    assert _cache_files(b) == 0, "B starts with its own, empty cache"
+    run(b, "dvc", "pull", "--run-cache")
+    second = run(b, "dvc", "repro")
+    assert ran(second) == set(), second.stdout
+    assert (b / "reports" / "summary.md").read_text() == (a / "reports" / "summary.md").read_text()
+
+
+def test_a_machine_without_dvc_lock_restores_every_stage_from_the_run_cache(machines):
+    a, _, c, _ = machines
+    assert not (c / "dvc.lock").exists()
+    run(c, "dvc", "fetch", "--run-cache")
+    result = run(c, "dvc", "repro", "--pull")
+    assert ran(result) == set(), result.stdout
+    assert "is cached - skipping run" in result.stdout + result.stderr
+    assert (c / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "model.onnx").read_bytes() == \
+        (a / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "model.onnx").read_bytes()
+
+
+def test_a_benchmark_param_change_on_the_second_machine_reruns_only_benchmarks(machines):
+    _, b, _, _ = machines
+    set_param(b, "benchmark.iterations", 7)
+    result = run(b, "dvc", "repro")
+    assert ran(result) == {"benchmark@digits_cnn-cpu-fp32", "benchmark@digits_cnn-cpu-int8", "report"}
+
+
+def test_another_onnxruntime_rebuilds_exactly_what_uses_it(machines):
+    """B runs with the previous ONNX Runtime release first on the path (a real install, `make venv`):
+    the environment file changes, so calibrate and everything after it rerun; the model stages don't.
+    What B pulled from A (built by A's ONNX Runtime) is rebuilt, not trusted."""
+    _, b, _, _ = machines
+    previous = REPO / ".venv-ort-previous"
+    assert (previous / "onnxruntime").is_dir(), "make venv installs it"
+    env = {"PYTHONPATH": str(previous)}
+    builds = ("digits_cnn-cpu-fp32", "digits_cnn-cpu-int8")
+    # Up to package: Triton's Python backend serves from .venv-serving, with the pinned ONNX Runtime.
+    targets = [f"{stage}@{b}" for stage in ("validate", "benchmark", "package") for b in builds] + ["environment@cpu"]
+    result = run(b, "dvc", "repro", *targets, extra_env=env)
+    expected = {f"{stage}@{b}" for stage in ("calibrate", "build", "validate", "benchmark", "package") for b in builds}
+    assert ran(result) == expected, result.stdout
+    assert "prepare@digits_cnn" not in ran(result) and "simplify@digits_cnn" not in ran(result)
+    recorded = json.loads((b / "artifacts" / "environment" / "cpu.json").read_text())
+    assert recorded["engine"]["onnxruntime"] == recorded["quantizer"]["onnxruntime"] == "1.31.0"
+    assert ran(run(b, "dvc", "repro", *targets, extra_env=env)) == set(), "same environment again: nothing to do"
+    back = run(b, "dvc", "repro")
+    # Back on the pinned version nothing needs running: the run-cache still holds those results.
+    assert ran(back) == set() and "is cached - skipping run" in back.stdout + back.stderr
+    sidecar = json.loads((b / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "sidecar.json").read_text())
+    assert sidecar["versions"]["onnxruntime"] == "1.32.0"
