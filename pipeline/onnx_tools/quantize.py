@@ -56,7 +56,7 @@ class _ChunkReader:
         return feeds
 
 
-def _quantizable_op_types() -> List[str]:
+def quantizable_op_types() -> List[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
@@ -119,7 +119,7 @@ def collect_ranges(
     """
     import onnxruntime
 
-    op_types = list(op_types) or _quantizable_op_types()
+    op_types = list(op_types) or quantizable_op_types()
     folded = {}
     if skip_folded and not symmetric:
         folded = folded_activation_inputs(onnx.load(str(model_path), load_external_data=False), op_types)
@@ -193,7 +193,7 @@ def quantize_qdq(
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
     flavour = FLAVOURS[quant_format]
-    op_types = list(op_types) or _quantizable_op_types()
+    op_types = list(op_types) or quantizable_op_types()
     ort_method = {CalibrationMethod.minmax: OrtMethod.MinMax, CalibrationMethod.entropy: OrtMethod.Entropy,
                   CalibrationMethod.percentile: OrtMethod.Percentile}[method]
     activation_type, weight_type = getattr(QuantType, flavour.activation_type), getattr(QuantType, flavour.weight_type)

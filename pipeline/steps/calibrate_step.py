@@ -53,8 +53,7 @@ def _uses_dynamic_ranges(ctx: BuildContext) -> bool:
 
 def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict:
     from ..onnx_tools.inspect import load_model
-    from ..onnx_tools.quantize import (_quantizable_op_types, collect_ranges, dynamic_op_types, qdq_summary, quantize_dynamic_int8,
-                                       quantize_qdq, trt_calibration_cache)
+    from ..onnx_tools.quantize import qdq_summary
 
     calibration = ctx.config.calibration
     element = ctx.precision.dtype  # int8 or float8e4m3fn: the config checks tie qdq to those
@@ -92,44 +91,13 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
         check_disjoint(dataset, searched, splits.validation)
         manifest["search"] = make_manifest(dataset, searched, "search", calibration.seed)
     write_json(out / "manifest.json", manifest)
-    quantization = ctx.target.quantization
-    op_types = ctx.model.quantize_op_types
     seconds: dict = {}
-    if dynamic:
-        report.update({"method": "dynamic", "num_samples": 0, "quant_format": "ort_integer_ops", "calibrated_tensors": 0})
-        layer_op_types = dynamic_op_types(op_types)
-
-        def quantize_to(excluded: list, src: Path, dst: Path) -> None:
-            quantize_dynamic_int8(src, dst, op_types, quantization.per_channel, quantization.reduce_range, nodes_to_exclude=excluded)
-    else:
-        started = time.perf_counter()
-        chunks = (feeds for _, feeds in dataset.batches(indices, ctx.model.batch_size(calibration.batch_size)))
-        with progress_bar() as progress:
-            task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
-            ranges = collect_ranges(
-                source, chunks, calibration, symmetric=quantization.format.value == "trt_s8s8", op_types=op_types,
-                on_chunk=lambda count: progress.advance(task, count), workdir=scratch,
-            )
-        seconds["statistics_seconds"] = round(time.perf_counter() - started, 1)
-        if ctx.target.tensorrt_major == 10:
-            # For TensorRT 10 tools that still take a calibrator cache (trtexec --calib); the pipeline
-            # itself builds from the Q/DQ model on every TensorRT line, and 11 has no calibrators.
-            cache = trt_calibration_cache(ranges, calibration.method, ctx.target.tensorrt_version)
-            (out / "calibration.cache").write_text(cache, encoding="utf-8")
-        report.update({"method": calibration.method.value, "num_samples": len(indices), "quant_format": quantization.format.value,
-                       "calibrated_tensors": len(ranges)})
-        layer_op_types = list(op_types) or _quantizable_op_types()
-
-        def quantize_to(excluded: list, src: Path, dst: Path) -> None:
-            quantize_qdq(src, dst, ranges, quantization.format, quantization.per_channel, calibration.method,
-                         nodes_to_exclude=excluded, op_types=op_types, reduce_range=quantization.reduce_range,
-                         quantize_outputs=ctx.model.quantize_outputs, element=element.value, workdir=scratch)
-
+    quantize_to, layer_op_types = _quantizer(ctx, source, dataset, indices, dynamic, report, seconds, out, scratch)
     model_out = out / "model.onnx"
     excluded = list(calibration.exclude_nodes)
     sensitivity_feeds = [f for _, f in dataset.batches(used[: search.sensitivity_samples], ctx.model.batch_size(16))]
     layer_speed: list = []
-    if quantization.min_layer_speedup is not None:
+    if ctx.target.quantization.min_layer_speedup is not None:
         timings, slow = _speed_guard(ctx, source, layer_op_types, sensitivity_feeds[0], quantize_to, scratch)
         # Host-dependent: which layers stayed float is in the artifact's report, the timings are metrics.
         report["kept_float_for_speed"] = slow
@@ -148,6 +116,46 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
     report["excluded_nodes"] = excluded
     report["qdq"] = qdq_summary(load_model(model_out))
     return {**report, **seconds}
+
+
+def _quantizer(ctx: BuildContext, source: Path, dataset, indices: list, dynamic: bool, report: dict, seconds: dict,
+               out: Path, scratch: Path) -> tuple:
+    """(quantize_to(kept_float, src, dst), the op types of the layers it quantizes): dynamic ranges, or
+    static Q/DQ from ranges collected here on the calibration samples (recorded in ``report``/``seconds``)."""
+    from ..onnx_tools.quantize import (collect_ranges, dynamic_op_types, quantizable_op_types, quantize_dynamic_int8, quantize_qdq,
+                                       trt_calibration_cache)
+
+    calibration, quantization, op_types = ctx.config.calibration, ctx.target.quantization, ctx.model.quantize_op_types
+    if dynamic:
+        report.update({"method": "dynamic", "num_samples": 0, "quant_format": "ort_integer_ops", "calibrated_tensors": 0})
+
+        def quantize_to(kept_float: list, src: Path, dst: Path) -> None:
+            quantize_dynamic_int8(src, dst, op_types, quantization.per_channel, quantization.reduce_range, nodes_to_exclude=kept_float)
+
+        return quantize_to, dynamic_op_types(op_types)
+    started = time.perf_counter()
+    chunks = (feeds for _, feeds in dataset.batches(indices, ctx.model.batch_size(calibration.batch_size)))
+    with progress_bar() as progress:
+        task = progress.add_task(f"calibrate {ctx.name} ({calibration.method.value})", total=len(indices))
+        ranges = collect_ranges(
+            source, chunks, calibration, symmetric=quantization.format.value == "trt_s8s8", op_types=op_types,
+            on_chunk=lambda count: progress.advance(task, count), workdir=scratch,
+        )
+    seconds["statistics_seconds"] = round(time.perf_counter() - started, 1)
+    if ctx.target.tensorrt_major == 10:
+        # For TensorRT 10 tools that still take a calibrator cache (trtexec --calib); the pipeline
+        # itself builds from the Q/DQ model on every TensorRT line, and 11 has no calibrators.
+        cache = trt_calibration_cache(ranges, calibration.method, ctx.target.tensorrt_version)
+        (out / "calibration.cache").write_text(cache, encoding="utf-8")
+    report.update({"method": calibration.method.value, "num_samples": len(indices), "quant_format": quantization.format.value,
+                   "calibrated_tensors": len(ranges)})
+
+    def quantize_to(kept_float: list, src: Path, dst: Path) -> None:
+        quantize_qdq(src, dst, ranges, quantization.format, quantization.per_channel, calibration.method,
+                     nodes_to_exclude=kept_float, op_types=op_types, reduce_range=quantization.reduce_range,
+                     quantize_outputs=ctx.model.quantize_outputs, element=ctx.precision.dtype.value, workdir=scratch)
+
+    return quantize_to, list(op_types) or quantizable_op_types()
 
 
 def _speed_guard(ctx: BuildContext, source: Path, op_types: list, feeds: dict, quantize_to, scratch: Path) -> tuple:
