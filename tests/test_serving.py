@@ -201,10 +201,17 @@ def test_a_port_in_use_and_a_model_that_fails_to_load_are_one_clear_error_each(s
             pass
 
 
+def _foreground() -> None:
+    # As a terminal starts a foreground command: a test run launched in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and Python keeps an ignored SIGINT, so Ctrl-C would do nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _serve_command(params: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", "serve", BUILD, "--params", str(params), "--http-port", str(free_port()),
                              "--grpc-port", str(free_port()), "--metrics-port", str(free_port())], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TRT_PIPELINE_SERVING_ENV=str(SERVING_ENV)))
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, TRT_PIPELINE_SERVING_ENV=str(SERVING_ENV)),
+                            preexec_fn=_foreground)
 
 
 def _wait_serving(process: subprocess.Popen) -> str:
