@@ -95,6 +95,6 @@ def confirm_in_model(
             runners = {"all_int8": load_onnx_runner(all_int8, disabled_optimizers=disabled_optimizers),
                        "layer_float": load_onnx_runner(one_float, disabled_optimizers=disabled_optimizers)}
             timed = side_by_side(runners, feeds, rounds=rounds)
-            rows.append({"node": node, "model_all_int8_ms": round(timed["all_int8"], 3), "model_layer_float_ms": round(timed["layer_float"], 3),
+            rows.append({"node": node, "model_all_int8_ms": round(timed["all_int8"], 4), "model_layer_float_ms": round(timed["layer_float"], 4),
                          "stays_float": timed["layer_float"] <= timed["all_int8"]})
     return rows
