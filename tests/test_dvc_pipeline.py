@@ -1,6 +1,7 @@
 """The real `dvc repro` / `dvc exp run` on a small default, in a temporary git repository."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +31,21 @@ def _env():
     return env
 
 
-def run(repo: Path, *args: str, check: bool = True, extra_env: dict = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=repo, env={**_env(), **(extra_env or {})}, capture_output=True, text=True)
+def run(repo: Path, *args: str, check: bool = True, extra_env: dict = None, timeout_s: float = 900) -> subprocess.CompletedProcess:
+    """``args`` in ``repo``, bounded by ``timeout_s``. Output goes to files, not pipes: a daemon the command
+    leaves behind (DVC's queue workers inherit its stdout) must not keep the test waiting for end of file."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(list(args), cwd=repo, env={**_env(), **(extra_env or {})}, stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=err, text=True, start_new_session=True)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            out.seek(0), err.seek(0)
+            raise AssertionError(f"{' '.join(args)} did not finish within {timeout_s:.0f} s:\n{out.read()[-4000:]}\n{err.read()[-4000:]}")
+        out.seek(0), err.seek(0)
+        result = subprocess.CompletedProcess(list(args), process.returncode, out.read(), err.read())
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -246,16 +261,14 @@ def test_a_queued_sweep_runs_two_experiments_and_shows_both_results(repo):
     root, _ = repo
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "before the sweep", check=False)
-    for method in ("percentile", "minmax"):
-        run(root, "dvc", "exp", "run", "--queue", "--name", f"cal-{method}", *[f"-S{o}" for o in SMALL], f"-Scalibration={method}")
-    run(root, "dvc", "queue", "start", "--jobs", "2")
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = run(root, "dvc", "queue", "status").stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(5)
-    assert status.count("Success") >= 2, status
+    names = [f"cal-{method}" for method in ("percentile", "minmax")]
+    for name in names:
+        run(root, "dvc", "exp", "run", "--queue", "--name", name, *[f"-S{o}" for o in SMALL], f"-Scalibration={name[4:]}")
+    try:
+        status = _run_queue(root, jobs=2, timeout_s=900)
+    finally:
+        _stop_queue_workers(root)
+    assert status.count("Success") >= 2, f"{status}\n{_queue_logs(root)}"
     shown = json.loads(run(root, "dvc", "exp", "show", "--json").stdout)
     found = {}
     for commit in shown:
@@ -269,6 +282,38 @@ def test_a_queued_sweep_runs_two_experiments_and_shows_both_results(repo):
     assert set(found) == {"cal-percentile", "cal-minmax"}, shown
     assert found["cal-percentile"][0] == "percentile" and found["cal-minmax"][0] == "minmax"
     assert all(0 < accuracy <= 100 for _, accuracy in found.values())
+
+
+def _run_queue(root: Path, jobs: int, timeout_s: float) -> str:
+    """Start DVC's queue workers and wait until nothing is queued or running; the last `dvc queue status`.
+    A worker stops itself when its check of the queue comes back empty, and on a busy machine that check
+    can time out while a task is still waiting: workers are started again then, as a user would."""
+    deadline = time.monotonic() + timeout_s
+    run(root, "dvc", "queue", "start", "--jobs", str(jobs), timeout_s=120)
+    while time.monotonic() < deadline:
+        status = run(root, "dvc", "queue", "status", timeout_s=120).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        if "Queued" in status and re.search(r"Worker status: 0 active, 0 idle", status):
+            run(root, "dvc", "queue", "start", "--jobs", str(jobs), timeout_s=120)
+        time.sleep(5)
+    raise AssertionError(f"the queue did not finish within {timeout_s:.0f} s:\n{status}\n{_queue_logs(root)}")
+
+
+def _queue_logs(root: Path) -> str:
+    """The tails of the workers' and the experiments' logs, for a failure message."""
+    return "\n".join(f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:]
+                     for path in sorted((root / ".dvc" / "tmp" / "exps").rglob("*.out")))
+
+
+def _stop_queue_workers(root: Path) -> None:
+    """No worker outlives the test: DVC's stop, then whatever a pid file still names."""
+    run(root, "dvc", "queue", "stop", check=False, timeout_s=60)
+    for pid_file in (root / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pid_file.read_text())
+            if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():  # not a reused pid
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_gpu_target_joins_the_matrix_and_fails_only_at_build_without_tensorrt(repo):
