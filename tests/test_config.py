@@ -89,6 +89,7 @@ def test_every_precision_option_makes_builds_of_that_precision(tmp_path, precisi
         (["+model.digits_cnn.typo_key=1"], "Key 'typo_key' not in 'ModelConfig'"),
         (["dataset=[digits]"], "model 'resnet18' uses dataset 'photo_crops', which is not selected"),
         (["model.digits_cnn.int8_activations=per_token"], "expected one of [static, dynamic]"),
+        (["model.digits_cnn.smoothquant.alpha=1.5"], "model.digits_cnn.smoothquant.alpha = 1.5: null (off) or strictly between 0 and 1"),
         (["model.digits_cnn.transformer_fusions.model_type=bertish"], "model.digits_cnn.transformer_fusions.model_type = 'bertish': one of ONNX Runtime's"),
         (["model.digits_cnn.transformer_fusions.num_heads=5", "model.digits_cnn.transformer_fusions.hidden_size=384"],
          "hidden_size a multiple of num_heads"),

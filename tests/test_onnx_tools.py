@@ -225,3 +225,64 @@ def test_too_few_calibration_samples_fails_without_leaving_artifacts(workspace, 
         steps.calibrate(dataclasses.replace(ctx, config=cfg))
     builds = tmp_path / "a" / "builds" / "digits_cnn-cpu-int8"
     assert not builds.exists() or not any(builds.iterdir())
+
+
+def _two_layer_mlp(path, rng) -> None:
+    """x -> MatMul(W1) -> Relu -> MatMul(W2) and MatMul(W3) on the same activation (two readers, one Mul)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("w1", (16, 32)), ("w2", (32, 8)), ("w3", (32, 4)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"), helper.make_node("MatMul", ["r", "w3"], ["z"], name="fc3")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", None]) for n in ("y", "z")], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_smoothquant_keeps_the_float_function_and_flattens_outlier_channels(tmp_path):
+    import onnxruntime as ort
+
+    from pipeline.onnx_tools.smoothing import channel_maxima, smooth_matmuls
+
+    rng = np.random.default_rng(0)
+    _two_layer_mlp(tmp_path / "mlp.onnx", rng)
+    outliers = np.ones(16, np.float32)
+    outliers[[3, 11]] = 40.0  # two channels 40x the rest, as transformer activations carry
+    batches = [{"x": (rng.normal(size=(8, 16)) * outliers).astype(np.float32)} for _ in range(4)]
+    report = smooth_matmuls(tmp_path / "mlp.onnx", tmp_path / "smoothed.onnx", 0.7, batches, tmp_path)
+    assert report["smoothed_matmuls"] == 3 and report["max_channel_ratio"] > 10
+    smoothed = onnx.load(str(tmp_path / "smoothed.onnx"))
+    muls = [node for node in smoothed.graph.node if node.op_type == "Mul"]
+    assert len(muls) == 2, "one Mul per activation tensor, shared by the MatMuls that read it"
+    onnx.checker.check_model(smoothed)
+    probe = batches[0]
+    before = ort.InferenceSession(str(tmp_path / "mlp.onnx")).run(None, probe)
+    after = ort.InferenceSession(str(tmp_path / "smoothed.onnx")).run(None, probe)
+    for want, got in zip(before, after):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    only_outliers = smooth_matmuls(tmp_path / "mlp.onnx", tmp_path / "some.onnx", 0.7, batches, tmp_path, min_channel_ratio=10)
+    assert only_outliers["smoothed_matmuls"] == 1, "the Relu output has no outlier channels: its readers are left alone"
+    spread = lambda m: float(m.max() / np.median(m))
+    raw = channel_maxima(tmp_path / "mlp.onnx", ["x"], batches, tmp_path)["x"]
+    flat = channel_maxima(tmp_path / "smoothed.onnx", [muls[0].output[0] if muls[0].input[0] == "x" else muls[1].output[0]], batches, tmp_path)
+    assert spread(next(iter(flat.values()))) < spread(raw) / 4, "the multiplied activation has far smaller outliers"
+
+
+def test_smoothquant_refuses_what_it_cannot_smooth(tmp_path):
+    from onnx import TensorProto, helper
+
+    from pipeline.onnx_tools.smoothing import smooth_matmuls
+
+    _two_layer_mlp(tmp_path / "mlp.onnx", np.random.default_rng(0))
+    with pytest.raises(PipelineError, match="strictly between 0 and 1"):
+        smooth_matmuls(tmp_path / "mlp.onnx", tmp_path / "out.onnx", 1.0, [], tmp_path)
+    with pytest.raises(PipelineError, match="needs calibration samples"):
+        smooth_matmuls(tmp_path / "mlp.onnx", tmp_path / "out.onnx", 0.5, [], tmp_path)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("a", "b")]
+    no_weights = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "scores", inputs,
+                                   [helper.make_tensor_value_info("c", TensorProto.FLOAT, [4, 4])])
+    onnx.save(helper.make_model(no_weights, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "scores.onnx"))
+    with pytest.raises(PipelineError, match="no MatMul with a constant 2-D weight to smooth; set it to null"):
+        smooth_matmuls(tmp_path / "scores.onnx", tmp_path / "out.onnx", 0.5, [{"a": np.eye(4, dtype=np.float32)}], tmp_path)
+    assert not (tmp_path / "out.onnx").exists()

@@ -227,6 +227,22 @@ class StreamRunner(Runner):
     def _buffer(self, name: str) -> Buffer:
         raise NotImplementedError
 
+    # Overlapped transfers: the dtype of each tensor, and one computation on a slot's own buffers.
+    def _dtype(self, name: str) -> np.dtype:
+        raise NotImplementedError
+
+    def _bind_slot(self, slot: "TransferSlot", input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
+        """Point the computation at ``slot``'s device buffers (sized for ``input_shapes``); output shapes."""
+        raise NotImplementedError
+
+    def _compute_slot(self, slot: "TransferSlot") -> None:
+        """Enqueue one computation on ``slot`` on this runner's stream, without waiting for it."""
+        raise NotImplementedError
+
+    def overlapped(self, input_shapes: Dict[str, tuple], slots: int = 2) -> "OverlappedTransfers":
+        """A pipeline of batches of ``input_shapes`` with transfers overlapped with compute (see OverlappedTransfers)."""
+        return OverlappedTransfers(self, input_shapes, slots)
+
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         self.check_feeds(feeds)
         self._shapes = self._prepare(feeds)
@@ -259,6 +275,107 @@ class StreamRunner(Runner):
         if getattr(self, "device", None) is not None:
             self.device.close()
             self.device = None
+
+
+class TransferSlot:
+    """One batch in flight: page-locked host and device buffers for every input and output, and the
+    events that order its copy in, computation and copy out across streams."""
+
+    def __init__(self, runner: StreamRunner, input_shapes: Dict[str, tuple]):
+        cuda = runner.cuda
+        self.buffers = {spec.name: Buffer(cuda, runner._dtype(spec.name)) for spec in runner.inputs}
+        for name, shape in input_shapes.items():
+            self.buffers[name].ensure(shape)
+        self.input_shapes = dict(input_shapes)
+        self.output_shapes = runner._bind_slot(self, input_shapes)
+        for name, shape in self.output_shapes.items():
+            self.buffers[name] = Buffer(cuda, runner._dtype(name))
+            self.buffers[name].ensure(shape)
+        runner._bind_slot(self, input_shapes)  # again, now that the output buffers exist
+        self.started, self.copied_in, self.computed, self.copied_out = cuda.Event(), cuda.Event(), cuda.Event(), cuda.Event()
+        self.in_flight = False
+
+    def host_inputs(self) -> Dict[str, np.ndarray]:
+        return {name: self.buffers[name].host[: int(np.prod(shape))].reshape(shape) for name, shape in self.input_shapes.items()}
+
+    def outputs(self) -> Dict[str, np.ndarray]:
+        return {name: self.buffers[name].host[: int(np.prod(shape))].reshape(shape).copy() for name, shape in self.output_shapes.items()}
+
+
+class OverlappedTransfers:
+    """Batches through a StreamRunner with host-device copies overlapped with compute.
+
+    Each slot owns page-locked host buffers, so the caller writes a batch straight into the memory the
+    copy engine reads (``acquire``), with no staging copy. ``submit`` returns at once after enqueuing
+    the slot's upload on a copy-in stream, its computation on the runner's stream once that upload is
+    done, and its download on a copy-out stream once the computation is done: while batch n computes,
+    batch n+1 is uploaded and batch n-1 downloaded. With two slots the GPU always has the next batch.
+    Outputs come back in submission order, from ``submit`` (those finished meanwhile) and ``drain``.
+    """
+
+    def __init__(self, runner: StreamRunner, input_shapes: Dict[str, tuple], slots: int = 2):
+        if slots < 1:
+            raise PipelineError(f"overlapped transfers need at least one slot, got {slots}")
+        self.runner = runner
+        self.copy_in, self.copy_out = runner.cuda.Stream(), runner.cuda.Stream()
+        self.slots = [TransferSlot(runner, input_shapes) for _ in range(slots)]
+        self.latencies_ms: List[float] = []  # per batch, GPU time from its upload's start to its download's end
+        self._next = 0
+        self._pending: List[TransferSlot] = []  # in flight, oldest first (slots are used in turn)
+        self._ready: List[Dict[str, np.ndarray]] = []  # finished, not yet handed back
+
+    def acquire(self) -> Dict[str, np.ndarray]:
+        """The page-locked input arrays of the next free slot, to fill in place (waits for its last batch)."""
+        slot = self.slots[self._next]
+        if slot.in_flight:
+            self._finish(slot)
+        return slot.host_inputs()
+
+    def submit(self) -> List[Dict[str, np.ndarray]]:
+        """Enqueue the acquired slot; returns the outputs of earlier batches that have finished."""
+        slot = self.slots[self._next]
+        runner, cuda = self.runner, self.runner.cuda
+        slot.started.record(self.copy_in)
+        for name in slot.input_shapes:
+            buffer = slot.buffers[name]
+            cuda.memcpy_htod_async(buffer.device, buffer.host[: int(np.prod(slot.input_shapes[name]))], self.copy_in)
+        slot.copied_in.record(self.copy_in)
+        runner.stream.wait_for_event(slot.copied_in)
+        runner._compute_slot(slot)
+        slot.computed.record(runner.stream)
+        self.copy_out.wait_for_event(slot.computed)
+        for name, shape in slot.output_shapes.items():
+            buffer = slot.buffers[name]
+            cuda.memcpy_dtoh_async(buffer.host[: int(np.prod(shape))], buffer.device, self.copy_out)
+        slot.copied_out.record(self.copy_out)
+        slot.in_flight = True
+        self._pending.append(slot)
+        self._next = (self._next + 1) % len(self.slots)
+        while self._pending[0] is not slot and self._pending[0].copied_out.query():
+            self._finish(self._pending[0])
+        done, self._ready = self._ready, []
+        return done
+
+    def __enter__(self) -> "OverlappedTransfers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self._pending:  # nothing may still write into buffers about to be freed
+            self._pending.pop(0).copied_out.synchronize()
+
+    def drain(self) -> List[Dict[str, np.ndarray]]:
+        """Wait for every batch in flight; the outputs not yet handed back, in submission order."""
+        while self._pending:
+            self._finish(self._pending[0])
+        done, self._ready = self._ready, []
+        return done
+
+    def _finish(self, slot: TransferSlot) -> None:
+        slot.copied_out.synchronize()
+        self.latencies_ms.append(slot.copied_out.time_since(slot.started))
+        slot.in_flight = False
+        self._pending.remove(slot)
+        self._ready.append(slot.outputs())
 
 
 class TensorRTRunner(StreamRunner):
@@ -297,6 +414,23 @@ class TensorRTRunner(StreamRunner):
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.handle):
             raise PipelineError("TensorRT execute_async_v3 failed")
+
+    def _dtype(self, name: str) -> np.dtype:
+        return self.buffers[name].dtype
+
+    def _bind_slot(self, slot: TransferSlot, input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
+        for name, shape in input_shapes.items():
+            self.context.set_input_shape(name, shape)
+            self.context.set_tensor_address(name, slot.buffers[name].pointer)
+        shapes = {name: tuple(self.context.get_tensor_shape(name)) for name in self.output_names}
+        for name in shapes:
+            if name in slot.buffers:
+                self.context.set_tensor_address(name, slot.buffers[name].pointer)
+        return shapes
+
+    def _compute_slot(self, slot: TransferSlot) -> None:
+        self._bind_slot(slot, slot.input_shapes)  # addresses are read at enqueue: each slot its own
+        self._enqueue()
 
     def _compute(self) -> None:
         if not self.use_cuda_graph:
@@ -346,6 +480,7 @@ class OnnxRuntimeCudaRunner(StreamRunner):
 
         self._dtypes = {v.name: ort_numpy_dtype(v.type) for v in list(self.session.get_inputs()) + list(self.session.get_outputs())}
         self._output_dims = {o.name: o.shape for o in self.session.get_outputs()}
+        self._slot_bindings: Dict[int, object] = {}  # overlapped transfers: one IOBinding per slot
 
     def _new_session(self, ort_graph: bool):
         options = {"device_id": "0", "user_compute_stream": str(self.stream.handle), "enable_cuda_graph": "1" if ort_graph else "0"}
@@ -356,10 +491,10 @@ class OnnxRuntimeCudaRunner(StreamRunner):
             self.buffers[name] = Buffer(self.cuda, self._dtypes[name])
         return self.buffers[name]
 
-    def _prepare(self, feeds: Dict[str, np.ndarray]) -> Dict[str, tuple]:
+    def _output_shapes(self, input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
         symbols: Dict[str, int] = {}
         for value in self.session.get_inputs():
-            for dim, size in zip(value.shape, feeds[value.name].shape):
+            for dim, size in zip(value.shape, input_shapes[value.name]):
                 if isinstance(dim, str):
                     symbols[dim] = size
         shapes = {}
@@ -368,6 +503,10 @@ class OnnxRuntimeCudaRunner(StreamRunner):
             if unknown:
                 raise PipelineError(f"output '{name}' has dims {dims}; {unknown} cannot be derived from the inputs' shapes")
             shapes[name] = tuple(d if isinstance(d, int) else symbols[d] for d in dims)
+        return shapes
+
+    def _prepare(self, feeds: Dict[str, np.ndarray]) -> Dict[str, tuple]:
+        shapes = self._output_shapes({name: tuple(array.shape) for name, array in feeds.items()})
         bound = {**{n: tuple(f.shape) for n, f in feeds.items()}, **shapes}
         if bound != self._bound_shapes:  # rebinding changes addresses: a captured graph is replayed only on a fixed binding
             if self.use_cuda_graph and self._bound_shapes:
@@ -381,6 +520,26 @@ class OnnxRuntimeCudaRunner(StreamRunner):
                 bind(name, "cuda", 0, self._dtypes[name], list(shape), buffer.pointer)
             self._bound_shapes = bound
         return shapes
+
+    def _dtype(self, name: str) -> np.dtype:
+        return np.dtype(self._dtypes[name])
+
+    def _bind_slot(self, slot: TransferSlot, input_shapes: Dict[str, tuple]) -> Dict[str, tuple]:
+        shapes = self._output_shapes(input_shapes)
+        if id(slot) not in self._slot_bindings:
+            self._slot_bindings[id(slot)] = self.session.io_binding()
+        io = self._slot_bindings[id(slot)]
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        for name, shape in {**input_shapes, **shapes}.items():
+            if name in slot.buffers:
+                bind = io.bind_input if name in input_shapes else io.bind_output
+                bind(name, "cuda", 0, self._dtypes[name], list(shape), slot.buffers[name].pointer)
+        return shapes
+
+    def _compute_slot(self, slot: TransferSlot) -> None:
+        # Without ORT's end-of-run synchronisation the call returns once the work is enqueued.
+        self.session.run_with_iobinding(self._slot_bindings[id(slot)], self._capture_options)
 
     def _compute(self) -> None:
         if not self.use_cuda_graph:

@@ -124,6 +124,10 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
 
             need(fusions.model_type in MODEL_TYPES, f"{key}.transformer_fusions.model_type", fusions.model_type,
                  f"one of ONNX Runtime's transformer model types {sorted(MODEL_TYPES)}")
+        smooth = model.smoothquant
+        need(smooth.alpha is None or 0.0 < smooth.alpha < 1.0, f"{key}.smoothquant.alpha", smooth.alpha,
+             "null (off) or strictly between 0 and 1 (0.5-0.8 is usual)")
+        need(smooth.min_channel_ratio >= 0.0, f"{key}.smoothquant.min_channel_ratio", smooth.min_channel_ratio, "must be >= 0 (0: every MatMul)")
         need(model.bn_recalibration_batches >= 0, f"{key}.bn_recalibration_batches", model.bn_recalibration_batches, "must be >= 0")
         if model.train is not None:
             need(model.train.epochs >= 1 and model.train.batch_size >= 1 and model.train.learning_rate > 0, f"{key}.train",

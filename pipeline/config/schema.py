@@ -168,6 +168,14 @@ class TransformerFusions:
 
 
 @dataclass
+class SmoothQuant:
+    alpha: Optional[float] = None  # migration strength, strictly between 0 and 1; null: off
+    # Smooth only activations whose largest channel maximum is at least this many times the median:
+    # without outlier channels the extra Mul costs time for little accuracy.
+    min_channel_ratio: float = 0.0
+
+
+@dataclass
 class ModelConfig:
     source: ModelSource = ModelSource.torchvision
     task: Task = Task.classification
@@ -200,6 +208,8 @@ class ModelConfig:
     # (Attention, EmbedLayerNormalization, BiasGelu), so attention projections quantize as one
     # QAttention.
     transformer_fusions: TransformerFusions = field(default_factory=TransformerFusions)
+    # INT8/FP8: SmoothQuant for MatMuls with constant weights (activation outliers moved into the weights).
+    smoothquant: SmoothQuant = field(default_factory=SmoothQuant)
 
     def batch_size(self, wanted: int) -> int:
         """``wanted``, or 1 for a model whose inputs fix a batch of one: every stage then runs it one
@@ -317,6 +327,9 @@ class BenchmarkConfig:
     min_quantized_speedup: Optional[float] = 1.0
     # GPU targets only:
     include_transfers: bool = True  # time host-to-device and device-to-host copies too
+    # With transfers: double-buffered, batch n+1 uploaded and n-1 downloaded while n computes, inputs
+    # written in place into page-locked memory; false: each batch uploaded, computed, downloaded in turn.
+    overlap_transfers: bool = True
     cuda_graph: bool = False  # capture once, replay the CUDA graph
     streams: int = 1  # concurrent runners, each on its own CUDA stream
     nvml_interval_ms: int = 20  # NVML sampling period during timed runs

@@ -1,7 +1,8 @@
 """The PyTorch models the pipeline starts from, made deterministically.
 
-* ``digits_cnn``: a small CNN trained here on the digits training split (fixed seed, one thread and
-  deterministic algorithms for the call only), so INT8-vs-FP32 accuracy is meaningful.
+* ``digits_cnn``: a small CNN trained here on the digits training split (fixed seed, one thread,
+  deterministic algorithms, and float kernels that give the same bits on every x86-64 CPU kind), so
+  INT8-vs-FP32 accuracy is meaningful.
 * ``torchvision``: an architecture by name. Without weights offline, weights are random and the
   BatchNorm statistics are re-estimated on real training images so outputs differ per image.
 """
@@ -16,7 +17,7 @@ from ..config.schema import ModelConfig, ModelSource
 from ..data import Dataset, Splits
 from ..errors import PipelineError
 from ..io import atomic_path
-from ..scoped import deterministic_torch
+from ..scoped import deterministic_torch, portable_float_kernels
 
 
 def _digits_cnn(num_classes: int):
@@ -122,6 +123,11 @@ def _recalibrate_batchnorm(model, cfg: ModelConfig, dataset: Dataset, splits: Sp
 
 def prepare_checkpoint(cfg: ModelConfig, dataset: Dataset, splits: Splits, out_path: Path, progress: Callable[[str], None] = lambda _: None) -> None:
     """Build the model, train or re-estimate it, and save its state_dict atomically."""
+    # Training compounds last-bit differences over thousands of steps; BatchNorm statistics (one pass,
+    # averaged) came out identical on AVX2 and AVX-512 machines with the vectorized kernels, so they keep them.
+    if cfg.train is not None and not portable_float_kernels():
+        progress("[yellow]torch computed before in this process, with its kernels for this CPU: the checkpoint may differ "
+                 "in its last bits from one made on another CPU kind[/yellow]")
     import torch
 
     with deterministic_torch():  # bitwise-reproducible training and BatchNorm statistics

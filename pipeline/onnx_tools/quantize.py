@@ -7,6 +7,7 @@ by the number of samples (unchunked histogram calibration of resnet18 reached 8.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -102,6 +103,25 @@ def _calibrator(method: CalibrationMethod, cfg: CalibrationConfig, symmetric: bo
     return calibrator
 
 
+RANGE_BITS = 8
+
+
+def portable_range(low: float, high: float, bits: int = RANGE_BITS) -> tuple:
+    """(low, high) rounded outward to ``bits`` significant bits (at most 2**(1-bits) wider, 0.8% for 8).
+
+    Float kernels differ per instruction set (AVX2, AVX-512, AMX), so the same model and samples give
+    ranges that differ in their last bits from one CPU kind to the next; rounded, they give the same
+    scales, and the same quantized model bytes, unless a range sits within that noise of a step."""
+
+    def outward(value: float, up: bool) -> float:
+        if value == 0.0 or not math.isfinite(value):
+            return value
+        step = 2.0 ** (math.frexp(value)[1] - bits)
+        return (math.ceil(value / step) if up else math.floor(value / step)) * step
+
+    return outward(low, up=False), outward(high, up=True)
+
+
 def collect_ranges(
     model_path: Path,
     chunks: Iterable[Dict[str, np.ndarray]],
@@ -135,7 +155,7 @@ def collect_ranges(
             calibrator.collect_data(_ChunkReader(feeds))
             on_chunk(len(next(iter(feeds.values()))))
         tensors = calibrator.compute_data()
-    ranges = {name: tuple(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2]) for name, data in tensors.data.items()}
+    ranges = {name: portable_range(*(float(v) for v in np.asarray(data.range_value).reshape(-1)[:2])) for name, data in tensors.data.items()}
     broken = sorted(name for name, (low, high) in ranges.items() if not (np.isfinite(low) and np.isfinite(high)))
     if broken:
         raise PipelineError(

@@ -81,8 +81,10 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
     indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
     check_disjoint(dataset, indices, splits.validation)
     search = calibration.search
-    # Dynamic ranges need no calibration pass: only the samples that time and rank layers are used.
-    used = indices[: search.sensitivity_samples] if dynamic else indices
+    alpha = ctx.model.smoothquant.alpha
+    # Dynamic ranges need no calibration pass: only the samples that time and rank layers are used
+    # (and, with SmoothQuant, those its channel maxima come from).
+    used = indices[: search.sensitivity_samples] if dynamic and alpha is None else indices
     manifest = make_manifest(dataset, used, "calibration", calibration.seed)
     searched: list = []
     if search.enabled:
@@ -92,6 +94,8 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
         manifest["search"] = make_manifest(dataset, searched, "search", calibration.seed)
     write_json(out / "manifest.json", manifest)
     seconds: dict = {}
+    if alpha is not None:
+        source = _smooth(ctx, source, dataset, indices, alpha, report, seconds, scratch)
     quantize_to, layer_op_types = _quantizer(ctx, source, dataset, indices, dynamic, report, seconds, out, scratch)
     model_out = out / "model.onnx"
     excluded = list(calibration.exclude_nodes)
@@ -116,6 +120,21 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
     report["excluded_nodes"] = excluded
     report["qdq"] = qdq_summary(load_model(model_out))
     return {**report, **seconds}
+
+
+def _smooth(ctx: BuildContext, source: Path, dataset, indices: list, alpha: float, report: dict, seconds: dict, scratch: Path) -> Path:
+    """``source`` with SmoothQuant's channel scales from the calibration samples (the report says how many MatMuls)."""
+    from ..onnx_tools.smoothing import smooth_matmuls
+
+    started = time.perf_counter()
+    smoothed = scratch / "smoothed.onnx"
+    batches = (feeds for _, feeds in dataset.batches(indices, ctx.model.batch_size(ctx.config.calibration.batch_size)))
+    with progress_bar() as progress:
+        task = progress.add_task(f"smooth {ctx.name} (SmoothQuant, alpha {alpha})", total=len(indices))
+        report["smoothquant"] = smooth_matmuls(source, smoothed, alpha, batches, scratch, on_batch=lambda count: progress.advance(task, count),
+                                                  min_channel_ratio=ctx.model.smoothquant.min_channel_ratio)
+    seconds["smoothing_seconds"] = round(time.perf_counter() - started, 1)
+    return smoothed
 
 
 def _quantizer(ctx: BuildContext, source: Path, dataset, indices: list, dynamic: bool, report: dict, seconds: dict,
