@@ -159,8 +159,8 @@ class EventTimer:
 class NvmlSampler:
     """Samples SM and memory-bandwidth utilisation, memory used and SM clock on a thread."""
 
-    def __init__(self, interval_s: float = 0.02):
-        self.interval_s, self.samples = interval_s, []
+    def __init__(self, interval_s: float = 0.02, index: int = 0):
+        self.interval_s, self.index, self.samples = interval_s, index, []  # index: NVML's, which ignores CUDA_VISIBLE_DEVICES
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -170,7 +170,7 @@ class NvmlSampler:
         except ImportError as exc:
             raise PipelineError("GPU benchmarks sample NVML through nvidia-ml-py: pip install nvidia-ml-py") from exc
         pynvml.nvmlInit()
-        self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(self.index)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

@@ -165,6 +165,9 @@ class TransformerFusions:
     model_type: Optional[str] = None  # ONNX Runtime's transformer optimizer model type, e.g. bert; null: none
     num_heads: int = 0  # attention heads; 0: read from the graph (needs the exporter's Reshape pattern)
     hidden_size: int = 0  # 0: read from the graph
+    # GELU as FastGelu (the tanh approximation, |error| < 1e-3) instead of erf: about a third less time
+    # in that op on the CPU; the validation gates judge the effect against the exact FP32 model.
+    gelu_approximation: bool = False
 
 
 @dataclass

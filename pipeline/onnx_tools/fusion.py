@@ -24,8 +24,10 @@ def transformer_model_types() -> list:
     return sorted(MODEL_TYPES)
 
 
-def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int = 0, hidden_size: int = 0) -> dict:
+def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int = 0, hidden_size: int = 0,
+                     gelu_approximation: bool = False) -> dict:
     """Write ``src`` with ``model_type``'s fusions applied; returns {fused op: count} (non-zero only).
+    ``gelu_approximation``: GELU fused as FastGelu (tanh approximation) rather than BiasGelu (erf).
 
     ``num_heads``/``hidden_size`` 0: read from the graph. A config that asks for attention fusion and
     gets none is an error naming what was fused, rather than a silently slower build."""
@@ -37,6 +39,7 @@ def fuse_transformer(src: Path, dst: Path, model_type: str, num_heads: int = 0, 
                             f"allowed: {transformer_model_types()}")
     options = FusionOptions(model_type)
     options.enable_skip_layer_norm = False
+    options.enable_gelu_approximation = gelu_approximation
     # The optimizer logs a warning when the producer is not the exporter it expects: quiet, for this call only.
     with logger_levels(logging.ERROR, "", "onnxruntime.transformers"):
         try:

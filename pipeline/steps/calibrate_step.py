@@ -74,7 +74,8 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
         from ..onnx_tools.fusion import fuse_transformer
 
         fusions = ctx.model.transformer_fusions
-        report["transformer_fusions"] = fuse_transformer(source, scratch / "fused.onnx", fusions.model_type, fusions.num_heads, fusions.hidden_size)
+        report["transformer_fusions"] = fuse_transformer(source, scratch / "fused.onnx", fusions.model_type, fusions.num_heads, fusions.hidden_size,
+                                                         fusions.gelu_approximation)
         source = scratch / "fused.onnx"
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
     splits = make_splits(dataset, ctx.dataset)
