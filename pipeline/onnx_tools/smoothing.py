@@ -72,7 +72,8 @@ def smooth_matmuls(src: Path, dst: Path, alpha: float, batches: Iterable[dict], 
                    on_batch: Optional[Callable[[int], None]] = None, min_channel_ratio: float = 0.0) -> dict:
     """Write ``src`` with SmoothQuant applied to the MatMuls with a constant weight whose activation's
     largest channel maximum is at least ``min_channel_ratio`` times the median: one Mul per activation
-    tensor (shared by the MatMuls that read it) and the weights scaled to match. Returns {"alpha", "smoothed_matmuls", "max_channel_ratio"} for the build's report."""
+    tensor (shared by the MatMuls that read it) and the weights scaled to match.
+    Returns {"alpha", "smoothed_matmuls", "max_channel_ratio"} for the build's report."""
     if not 0.0 < alpha < 1.0:
         raise PipelineError(f"smoothquant alpha = {alpha}: must lie strictly between 0 and 1 (0.5-0.8 is usual)")
     model = onnx.load(str(src))
