@@ -7,7 +7,6 @@ by the number of samples (unchunked histogram calibration of resnet18 reached 8.
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -106,20 +105,20 @@ def _calibrator(method: CalibrationMethod, cfg: CalibrationConfig, symmetric: bo
 RANGE_BITS = 8
 
 
+def round_to_bits(values, up: bool, bits: int = RANGE_BITS) -> np.ndarray:
+    """``values`` rounded up (or down) to ``bits`` significant bits; zeros and non-finite values unchanged."""
+    values = np.asarray(values, dtype=np.float64)
+    step = np.ldexp(1.0, np.frexp(values)[1] - bits)
+    return (np.ceil(values / step) if up else np.floor(values / step)) * step
+
+
 def portable_range(low: float, high: float, bits: int = RANGE_BITS) -> tuple:
     """(low, high) rounded outward to ``bits`` significant bits (at most 2**(1-bits) wider, 0.8% for 8).
 
     Float kernels differ per instruction set (AVX2, AVX-512, AMX), so the same model and samples give
     ranges that differ in their last bits from one CPU kind to the next; rounded, they give the same
     scales, and the same quantized model bytes, unless a range sits within that noise of a step."""
-
-    def outward(value: float, up: bool) -> float:
-        if value == 0.0 or not math.isfinite(value):
-            return value
-        step = 2.0 ** (math.frexp(value)[1] - bits)
-        return (math.ceil(value / step) if up else math.floor(value / step)) * step
-
-    return outward(low, up=False), outward(high, up=True)
+    return float(round_to_bits(low, up=False, bits=bits)), float(round_to_bits(high, up=True, bits=bits))
 
 
 def collect_ranges(

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import PipelineError
 from ..io import atomic_path
-from .quantize import RANGE_BITS
+from .quantize import round_to_bits
 
 
 def smoothable_inputs(model: onnx.ModelProto) -> Dict[str, List[onnx.NodeProto]]:
@@ -63,11 +63,6 @@ def channel_maxima(model_path: Path, tensors: List[str], batches: Iterable[dict]
     return maxima
 
 
-def _round_up(values: np.ndarray) -> np.ndarray:
-    step = np.ldexp(1.0, np.frexp(values)[1] - RANGE_BITS)
-    return np.ceil(values / step) * step
-
-
 def smooth_matmuls(src: Path, dst: Path, alpha: float, batches: Iterable[dict], workdir: Path,
                    on_batch: Optional[Callable[[int], None]] = None, min_channel_ratio: float = 0.0) -> dict:
     """Write ``src`` with SmoothQuant applied to the MatMuls with a constant weight whose activation's
@@ -86,9 +81,9 @@ def smooth_matmuls(src: Path, dst: Path, alpha: float, batches: Iterable[dict], 
     inserts, ratios, smoothed = [], [], 0
     for tensor, matmuls in sorted(groups.items()):
         arrays = [numpy_helper.to_array(weights[node.input[1]]) for node in matmuls]
-        # Rounded up to RANGE_BITS significant bits, like calibration ranges: the same scales (and weight
-        # bytes) on CPUs whose float kernels differ in the last bits.
-        activation = _round_up(np.maximum(maxima[tensor], 1e-5).astype(np.float64))
+        # Rounded up like calibration ranges: the same scales (and weight bytes) on CPUs whose float
+        # kernels differ in the last bits.
+        activation = round_to_bits(np.maximum(maxima[tensor], 1e-5), up=True)
         weight_rows = np.maximum(np.max([np.abs(w).max(axis=1) for w in arrays], axis=0), 1e-5).astype(np.float64)
         if activation.shape != weight_rows.shape:
             continue  # a MatMul broadcasting over another axis: not a per-channel product
