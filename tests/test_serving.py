@@ -157,6 +157,37 @@ def test_the_batching_search_packages_the_fastest_configuration_within_the_budge
         "instances": cfg.serving.instances, "max_queue_delay_us": cfg.serving.max_queue_delay_us, "preferred_batch_sizes": cfg.serving.preferred_batch_sizes}}
 
 
+def test_a_cuda_build_carries_its_cuda_runner_and_is_served_only_on_a_gpu_host(workspace, digits_model, tmp_path):
+    """The ORT CUDA build's Python form vendors the CUDA layer, which imports in the serving environment
+    (numpy < 2 and onnxruntime, no onnx); GPU instance groups; without a GPU, serving it is refused."""
+    import shutil
+
+    from pipeline.backends.cuda_runtime import gpu_compute_capability
+
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[h200_ort]", "precision=[fp32]", "serving.precisions=[fp32]",
+                         "serving.gpus=[1]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    name = "digits_cnn-h200_ort-fp32"
+    assert list(cfg.servable) == [name], "ONNX Runtime CUDA builds get a serve stage"
+    ctx = resolve_build(cfg, name)
+    steps.calibrate(ctx)
+    steps.build(ctx)
+    written = steps.package(ctx)
+    python = read_config(Path(written["python"]))
+    (group,) = python.instance_group
+    assert group.kind == group.KIND_GPU and list(group.gpus) == [1]
+    version_dir = Path(written["python"]).parent / "1"
+    probe = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]); "
+             "from pipeline.backends.cuda_runtime import OnnxRuntimeCudaRunner; from pipeline.backends import get_backend; "
+             "get_backend('onnxruntime'); assert importlib.util.find_spec('onnx') is None, 'the serving env has no onnx'")
+    result = subprocess.run([str(SERVING_ENV / "bin" / "python"), "-c", probe, str(version_dir)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if gpu_compute_capability() is None:
+        with pytest.raises(PipelineError, match=rf"{name} cannot be served here: it is an onnxruntime build on cuda and this host has no NVIDIA GPU"):
+            steps.serve(ctx)
+        assert not (tmp_path / "m" / "builds" / name / "serve.json").exists()
+
+
 def test_a_build_this_host_cannot_serve_and_a_missing_server_binary_are_one_clear_error_each(served, tmp_path):
     from pipeline.steps.deploy_step import deploy
 
@@ -166,7 +197,7 @@ def test_a_build_this_host_cannot_serve_and_a_missing_server_binary_are_one_clea
     ctx = resolve_build(gpu, "digits_cnn-rtx4090-int8")
     for attempt in (lambda: steps.serve(ctx), lambda: deploy(ctx, tmp_path / "live", "127.0.0.1:1", "127.0.0.1:2")):
         with pytest.raises(PipelineError, match=r"digits_cnn-rtx4090-int8 cannot be served here: it is a tensorrt_rtx build on cuda; "
-                                                r"the embedded Triton serves ONNX Runtime CPU builds"):
+                                                r"the embedded Triton serves ONNX Runtime builds"):
             attempt()
     assert not (tmp_path / "m").exists() and not (tmp_path / "live").exists(), "nothing written for a refused build"
 

@@ -34,6 +34,8 @@ UNREAD_HERE = {
     "environment": {"pipeline/backends/cuda_runtime.py": "only TensorRT and ONNX Runtime CUDA targets look for a GPU"},
     "prepare": {"model.<model>.architecture": "torchvision models only", "model.<model>.bn_recalibration_batches": "torchvision models only"},
     "export": {"model.<model>.architecture": "torchvision models only"},
+    "build": {"pipeline/onnx_tools/__init__.py": "ONNX Runtime CUDA targets read the artifact's tensor specs from the ONNX",
+              "pipeline/onnx_tools/inspect.py": "ONNX Runtime CUDA targets read the artifact's tensor specs from the ONNX"},
     "calibrate": {"model.<model>.outputs": "read by the accuracy search, only when plain INT8 misses a gate",
                   "pipeline/onnx_tools/fusion.py": "transformer models only (MiniLM: tests/test_cpu_targets.py)",
                   "pipeline/onnx_tools/smoothing.py": "models with smoothquant.alpha only (MiniLM: tests/test_models_end_to_end.py)"},
@@ -43,7 +45,7 @@ UNREAD_HERE = {
                   "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU",
                   "pipeline/evaluate/gpu_benchmark.py": "GPU targets only"},
     "serve": {"pipeline/backends/tensorrt_backend.py": "serving a TensorRT engine needs a GPU",
-              "pipeline/backends/cuda_runtime.py": "serving a TensorRT engine needs a GPU"},
+              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU"},
 }
 
 

@@ -20,6 +20,21 @@ SIDECAR = "sidecar.json"
 SIDECAR_KEYS = ("backend", "artifact", "artifact_sha256", "build", "precision", "inputs", "outputs")
 
 
+def ort_numpy_dtype(ort_type: str) -> np.dtype:
+    """ONNX Runtime's type string -> numpy dtype ('tensor(float)' -> float32). Free of onnx: runners
+    also run inside Triton's Python backend, whose environment holds numpy and onnxruntime only."""
+    name = ort_type[len("tensor("):-1]
+    name = {"float": "float32", "double": "float64"}.get(name, name)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        if name == "bfloat16":
+            import ml_dtypes
+
+            return np.dtype(ml_dtypes.bfloat16)
+        raise PipelineError(f"no numpy type for ONNX Runtime's {ort_type}") from None
+
+
 @dataclass
 class BuildRequest:
     """What a backend needs to build one artifact."""
@@ -82,9 +97,13 @@ class Backend(abc.ABC):
         """Write the artifact into ``request.out_dir``; return the sidecar dict (also written there)."""
 
     @abc.abstractmethod
-    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None) -> Runner:
-        """A runner for the artifact; ``cuda_graph`` replays captured CUDA graphs on GPU backends.
-        ``expect`` ({"build": ..., "precision": ...}) must match the sidecar, or the load is refused."""
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None,
+             gpu: int = 0, varying_shapes: bool = False) -> Runner:
+        """A runner for the artifact; ``cuda_graph`` replays captured CUDA graphs on GPU backends, and
+        ``gpu`` is the GPU they run on (CUDA's index; CPU artifacts ignore it). ``varying_shapes``: the
+        caller feeds many batch sizes (a server's dynamic batching), so a backend that would time kernels
+        for every new shape picks them by heuristics instead. ``expect`` ({"build": ..., "precision":
+        ...}) must match the sidecar, or the load is refused."""
 
     def read_sidecar(self, artifact_dir: Path, expect: Optional[Dict[str, str]] = None) -> dict:
         """The sidecar, checked: well-formed, this backend, the expected build, and an artifact file

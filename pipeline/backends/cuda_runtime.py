@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
-from .base import Runner
+from .base import Runner, ort_numpy_dtype
 
 
 def gpu_compute_capability() -> Optional[str]:
@@ -69,13 +69,17 @@ def _check(result, call: str):
 
 
 class CudaDevice:
-    """The primary context of GPU 0, made current for the lifetime of this object."""
+    """The primary context of GPU ``index`` (CUDA's numbering, after CUDA_VISIBLE_DEVICES), made
+    current for the lifetime of this object."""
 
-    def __init__(self):
+    def __init__(self, index: int = 0):
         self.cuda = import_pycuda()
         require_gpu("the CUDA runtime layer")
         self.cuda.init()
-        self.context = self.cuda.Device(0).retain_primary_context()
+        if not 0 <= index < self.cuda.Device.count():
+            raise PipelineError(f"GPU {index} does not exist: this process sees {self.cuda.Device.count()} GPU(s), 0 to {self.cuda.Device.count() - 1}")
+        self.index = index
+        self.context = self.cuda.Device(index).retain_primary_context()
         self.context.push()
 
     def close(self) -> None:
@@ -207,8 +211,8 @@ class StreamRunner(Runner):
     already on the device, which is what "transfers excluded" measures.
     """
 
-    def __init__(self, inputs: List[TensorSpec], output_names: List[str]):
-        self.device = CudaDevice()
+    def __init__(self, inputs: List[TensorSpec], output_names: List[str], gpu: int = 0):
+        self.device = CudaDevice(gpu)
         self.cuda = self.device.cuda
         self.stream = self.cuda.Stream()
         self.inputs, self.output_names = inputs, output_names
@@ -381,8 +385,8 @@ class OverlappedTransfers:
 class TensorRTRunner(StreamRunner):
     """A TensorRT plan on one execution context and one stream, with optional CUDA-graph replay."""
 
-    def __init__(self, trt, plan: bytes, inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False):
-        super().__init__(inputs, output_names)
+    def __init__(self, trt, plan: bytes, inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False, gpu: int = 0):
+        super().__init__(inputs, output_names, gpu)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
@@ -458,8 +462,9 @@ class OnnxRuntimeCudaRunner(StreamRunner):
     ``graph_mode`` says which one ran.
     """
 
-    def __init__(self, session_factory: Callable[[dict], object], inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False):
-        super().__init__(inputs, output_names)
+    def __init__(self, session_factory: Callable[[dict], object], inputs: List[TensorSpec], output_names: List[str], use_cuda_graph: bool = False,
+                 gpu: int = 0):
+        super().__init__(inputs, output_names, gpu)
         self._session_factory = session_factory
         self.session = self._new_session(ort_graph=False)
         self.graph_mode = "none"
@@ -476,14 +481,12 @@ class OnnxRuntimeCudaRunner(StreamRunner):
         self.buffers: Dict[str, Buffer] = {}
         self.use_cuda_graph = use_cuda_graph
         self._bound_shapes: Dict[str, tuple] = {}
-        from ..onnx_tools.inspect import ort_numpy_dtype
-
         self._dtypes = {v.name: ort_numpy_dtype(v.type) for v in list(self.session.get_inputs()) + list(self.session.get_outputs())}
         self._output_dims = {o.name: o.shape for o in self.session.get_outputs()}
         self._slot_bindings: Dict[int, object] = {}  # overlapped transfers: one IOBinding per slot
 
     def _new_session(self, ort_graph: bool):
-        options = {"device_id": "0", "user_compute_stream": str(self.stream.handle), "enable_cuda_graph": "1" if ort_graph else "0"}
+        options = {"device_id": str(self.device.index), "user_compute_stream": str(self.stream.handle), "enable_cuda_graph": "1" if ort_graph else "0"}
         return self._session_factory(options)
 
     def _buffer(self, name: str) -> Buffer:

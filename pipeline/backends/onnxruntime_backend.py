@@ -9,7 +9,7 @@ import numpy as np
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
 from ..io import require_file, sha256_file, write_json
-from .base import SIDECAR, Backend, BuildRequest, Runner
+from .base import SIDECAR, Backend, BuildRequest, Runner, ort_numpy_dtype
 
 ARTIFACT = "model.onnx"
 _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -60,8 +60,6 @@ class OnnxRuntimeRunner(Runner):
 
 def specs_from_session(session, outputs: bool = False) -> List[TensorSpec]:
     """Input (or output) specs read from the model itself: symbolic or unknown dims become -1."""
-    from ..onnx_tools.inspect import ort_numpy_dtype
-
     return [
         TensorSpec(name=i.name, shape=[d if isinstance(d, int) else -1 for d in i.shape], dtype=ort_numpy_dtype(i.type).name)
         for i in (session.get_outputs() if outputs else session.get_inputs())
@@ -140,7 +138,8 @@ class OnnxRuntimeBackend(Backend):
         write_json(Path(request.out_dir) / SIDECAR, sidecar)
         return sidecar
 
-    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None) -> Runner:
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None,
+             gpu: int = 0, varying_shapes: bool = False) -> Runner:
         sidecar = self.read_sidecar(artifact_dir, expect)
         ort = _ort()
         inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
@@ -153,10 +152,15 @@ class OnnxRuntimeBackend(Backend):
 
             level = sidecar.get("graph_optimization_level", "all")  # the target's setting, applied when the CUDA EP loads
 
-            def session(cuda_options: dict):
-                return ort.InferenceSession(str(path), session_options(threads, level), providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"])
+            # The CUDA provider times every cuDNN convolution algorithm for each new input shape (seconds
+            # for ResNet-50): right for a benchmark's fixed shapes, a stall per batch size under dynamic batching.
+            search = {"cudnn_conv_algo_search": "HEURISTIC"} if varying_shapes else {}
 
-            return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph)
+            def session(cuda_options: dict):
+                return ort.InferenceSession(str(path), session_options(threads, level),
+                                            providers=[("CUDAExecutionProvider", {**search, **cuda_options}), "CPUExecutionProvider"])
+
+            return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
         if sidecar["versions"]["onnxruntime"] != ort.__version__:
             # An offline-optimized model may use kernels of the version that wrote it.
             raise PipelineError(

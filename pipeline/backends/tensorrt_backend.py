@@ -248,7 +248,8 @@ class TensorRTBackend(Backend):
         write_json(out / SIDECAR, sidecar)
         return sidecar
 
-    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None) -> Runner:
+    def load(self, artifact_dir: Path, threads: int = 0, cuda_graph: bool = False, expect: Optional[Dict[str, str]] = None,
+             gpu: int = 0, varying_shapes: bool = False) -> Runner:  # tactics were chosen at build: nothing is timed per shape
         sidecar = self.read_sidecar(artifact_dir, expect)
         trt = import_tensorrt(self.rtx)
         built_with = sidecar["versions"][self.name]
@@ -263,7 +264,7 @@ class TensorRTBackend(Backend):
 
         plan = (Path(artifact_dir) / sidecar["artifact"]).read_bytes()
         inputs = [TensorSpec(name=i["name"], shape=i["shape"], dtype=i["dtype"]) for i in sidecar["inputs"]]
-        return TensorRTRunner(trt, plan, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph)
+        return TensorRTRunner(trt, plan, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
 
 
 

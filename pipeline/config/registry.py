@@ -63,12 +63,11 @@ NO_SOURCE_FILE = "stages/prepare.py"
 
 
 def servable_builds(builds: DictConfig, targets: DictConfig, precisions) -> Dict[str, BuildEntry]:
-    """The builds the embedded Triton server serves here: ONNX Runtime on the CPU, in the Python-backend
-    form (TensorRT and CUDA builds are packaged for their own hosts), at the precisions chosen."""
+    """The builds the embedded Triton server serves in the Python-backend form, at the precisions chosen:
+    ONNX Runtime builds, on the CPU or the CUDA provider (TensorRT builds are packaged for their own hosts)."""
     chosen = {option_value(p) for p in precisions}
     return {name: entry for name, entry in builds.items()
-            if option_value(targets[entry.target].backend) == "onnxruntime" and option_value(targets[entry.target].device) == "cpu"
-            and option_value(entry.precision) in chosen}
+            if option_value(targets[entry.target].backend) == "onnxruntime" and option_value(entry.precision) in chosen}
 
 
 def _has_external_data(path) -> bool:

@@ -60,11 +60,6 @@ def numpy_dtype(elem_type: int) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
 
 
-def ort_numpy_dtype(ort_type: str) -> np.dtype:
-    """ONNX Runtime's type string -> numpy dtype (e.g. 'tensor(float)' -> float32)."""
-    return numpy_dtype(onnx.TensorProto.DataType.Value(ort_type[len("tensor("):-1].upper()))
-
-
 def onnx_elem_type(dtype_name: str) -> int:
     """numpy dtype name -> ONNX element type (e.g. 'float32' -> TensorProto.FLOAT)."""
     return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype_name))

@@ -2,9 +2,11 @@
 server, so requests are issued from the client library's own callback threads, not Python workers."""
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -75,16 +77,39 @@ def settled_counts(url: str, model: str, before: Dict[str, float], answered: int
         time.sleep(0.02)
 
 
-def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], concurrency: int, seconds: float) -> dict:
+def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], concurrency: int, seconds: float, processes: int = 1) -> dict:
     """``concurrency`` requests always in flight (each completion issues the next) for ``seconds``;
-    client latency percentiles, throughput and errors, and the server's own view of the same window."""
+    client latency percentiles, throughput and errors, and the server's own view of the same window.
+    ``processes`` > 1 splits the clients over that many processes started together: one Python client
+    tops out near a few thousand requests/s, below what a GPU serves."""
+    before = server_counts(url, model)
+    if processes <= 1:
+        latencies, errors, elapsed = _client_loop(url, model, samples, concurrency, seconds)
+    else:
+        shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+        shares = [share for share in shares if share]
+        start_at = time.time() + 3.0  # after every process has imported the client and built its requests
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding gRPC threads
+        with concurrent.futures.ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+            parts = list(pool.map(_client_loop, *zip(*[(url, model, samples, share, seconds, start_at) for share in shares])))
+        latencies = [ms for part in parts for ms in part[0]]
+        errors = [error for part in parts for error in part[1]]
+        elapsed = max(part[2] for part in parts)
+    after = settled_counts(url, model, before, len(latencies) + len(errors))
+    return {"concurrency": concurrency, "client_processes": max(1, processes), **_summary(latencies, errors, elapsed, before, after)}
+
+
+def _client_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], concurrency: int, seconds: float,
+                 start_at: float = 0.0) -> Tuple[List[float], List[str], float]:
+    """One client's closed loop (from ``start_at``, epoch seconds, if given): latencies in ms, errors, seconds."""
     grpcclient, client = _client(url)
     requests = infer_inputs(grpcclient, samples)
     latencies: List[float] = []
     errors: List[str] = []
     lock, finished = threading.Lock(), threading.Event()
     state = {"in_flight": 0, "next": 0}
-    before = server_counts(url, model)
+    if start_at:
+        time.sleep(max(0.0, start_at - time.time()))
     deadline = time.perf_counter() + seconds
 
     def issue() -> None:
@@ -118,9 +143,7 @@ def closed_loop(url: str, model: str, samples: List[Dict[str, np.ndarray]], conc
             raise PipelineError(f"load at concurrency {concurrency} did not drain within {seconds + 120:.0f} s")
     finally:
         client.close()
-    elapsed = time.perf_counter() - start
-    after = settled_counts(url, model, before, len(latencies) + len(errors))
-    return {"concurrency": concurrency, **_summary(latencies, errors, elapsed, before, after)}
+    return latencies, errors, time.perf_counter() - start
 
 
 def _summary(latencies: List[float], errors: List[str], elapsed: float, before: dict, after: dict) -> dict:
@@ -134,7 +157,8 @@ def _summary(latencies: List[float], errors: List[str], elapsed: float, before: 
         "server_batches": int(delta["executions"]), "server_requests": int(delta["inferences"]),
         "mean_batch_size": delta["inferences"] / delta["executions"] if delta["executions"] else 0.0,
         "server_queue_ms_per_request": delta["queue_ns"] / 1e6 / max(delta["success"], 1.0),
-        "server_compute_ms_per_batch": delta["compute_ns"] / 1e6 / max(delta["executions"], 1.0),
+        # Triton charges each request the whole compute time of the batch it ran in.
+        "server_compute_ms_per_request": delta["compute_ns"] / 1e6 / max(delta["success"], 1.0),
     }
     if errors:
         row["first_error"] = errors[0]

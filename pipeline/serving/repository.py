@@ -77,13 +77,24 @@ class Batching:
 
 
 def python_form_problem(backend, device) -> str:
-    """Why this machine's Triton (the wheel's CPU server, Python backend wrapping the ONNX Runtime
-    runner) cannot serve a build of this backend and device (enums or their strings); '' when it can."""
+    """Why this machine's Triton (the wheel's server, Python backend wrapping the project's ONNX Runtime
+    runner) cannot serve a build of this backend and device (enums or their strings); '' when it can:
+    ONNX Runtime builds on the CPU, and on CUDA where this host has an NVIDIA GPU."""
     backend, device = option_value(backend), option_value(device)
     if backend == "onnxruntime" and device == "cpu":
         return ""
-    return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime CPU builds (targets with backend "
-            f"onnxruntime, device cpu). Its native package is for a Triton server on its own target")
+    if backend == "onnxruntime" and device == "cuda":
+        from ..backends.cuda_runtime import gpu_compute_capability
+
+        return "" if gpu_compute_capability() else ("it is an onnxruntime build on cuda and this host has no NVIDIA GPU (libcuda); "
+                                                    "serve it on its GPU host, or its native package on a Triton server there")
+    return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime builds (targets with backend "
+            f"onnxruntime, on the CPU or, on a GPU host, CUDA). Its native package is for a Triton server on its own target")
+
+
+def runner_modules(device: Device) -> List[str]:
+    """The project modules the Python form vendors: the runner, and its CUDA layer for GPU builds."""
+    return RUNNER_MODULES + (["backends/cuda_runtime.py"] if device == Device.cuda else [])
 
 
 @dataclass
@@ -178,7 +189,7 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     version_dir = python_dir / VERSION
     version_dir.mkdir(parents=True)
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
-    for module in RUNNER_MODULES:
+    for module in runner_modules(device):
         target = version_dir / "pipeline" / module
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PACKAGE_ROOT / module, target)

@@ -16,13 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..errors import PipelineError
 
@@ -129,6 +130,15 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
+def _libpython_dir() -> str:
+    """The folder holding this Python's shared libpython, or '' (a static build, or one the loader finds)."""
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    for folder in (sysconfig.get_config_var("LIBDIR"), os.path.join(sys.base_prefix, "lib")):
+        if folder and os.path.isfile(os.path.join(folder, name)):
+            return folder
+    return ""
+
+
 def _die_with_parent() -> None:  # runs in the child before exec
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -137,10 +147,12 @@ class TritonServer:
     """``with TritonServer(repository) as server:`` -- started, live and ready inside the block."""
 
     def __init__(self, repository: Path, log_path: Path, http_port: Optional[int] = None, grpc_port: Optional[int] = None,
-                 metrics_port: Optional[int] = None, explicit_models: bool = False, startup_timeout_s: float = 60.0):
+                 metrics_port: Optional[int] = None, explicit_models: bool = False, startup_timeout_s: float = 60.0,
+                 backend_config: Sequence[str] = ()):
         self.repository, self.log_path = Path(repository), Path(log_path)
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.explicit_models, self.startup_timeout_s = explicit_models, startup_timeout_s
+        self.backend_config = list(backend_config)  # e.g. "python,shm-default-byte-size=134217728" for large batches
         self.process: Optional[subprocess.Popen] = None
         self.startup_seconds: Optional[float] = None
 
@@ -167,8 +179,11 @@ class TritonServer:
                    f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}", f"--metrics-port={self.ports['metrics']}",
                    "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--log-verbose=0", "--exit-on-error=true",
                    f"--model-control-mode={'explicit' if self.explicit_models else 'none'}", "--strict-readiness=true",
-                   "--allow-gpu-metrics=false", "--allow-cpu-metrics=true"]
-        env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [install.library_path, os.environ.get("LD_LIBRARY_PATH")])))
+                   "--allow-gpu-metrics=false", "--allow-cpu-metrics=true"] + [f"--backend-config={item}" for item in self.backend_config]
+        # The Python-backend stub links libpython of this Python's version: where a relocated Python
+        # (python-build-standalone, uv) keeps it, the loader does not look on its own.
+        library_path = [install.library_path, _libpython_dir(), os.environ.get("LD_LIBRARY_PATH")]
+        env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, library_path)))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with open(self.log_path, "wb") as log:
