@@ -76,8 +76,9 @@ class CudaDevice:
         self.cuda = import_pycuda()
         require_gpu("the CUDA runtime layer")
         self.cuda.init()
-        if not 0 <= index < self.cuda.Device.count():
-            raise PipelineError(f"GPU {index} does not exist: this process sees {self.cuda.Device.count()} GPU(s), 0 to {self.cuda.Device.count() - 1}")
+        visible = self.cuda.Device.count()
+        if not 0 <= index < visible:
+            raise PipelineError(f"GPU {index} does not exist: this process sees {visible} GPU(s), 0 to {visible - 1}")
         self.index = index
         self.context = self.cuda.Device(index).retain_primary_context()
         self.context.push()
