@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -80,7 +79,7 @@ def measure(server, config, samples: list, levels: list, seconds: float, process
     from pipeline.serving.load import closed_loop
 
     server.load_model(BUILD, config, timeout_s=300)
-    closed_loop(server.grpc, BUILD, samples, levels[0], 2.0, processes)  # warm: CUDA provider set-up per batch shape
+    closed_loop(server.grpc, BUILD, samples, levels[0], 2.0, processes)  # a warm-up window, not reported
     rows = []
     for level in levels:
         with ExitStack() as stack:
