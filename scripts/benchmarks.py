@@ -157,7 +157,8 @@ def kernel_section(kernels: dict) -> list:
 def issue4_section(cfg_path: Path, matmul_kernel: tuple) -> list:
     """MiniLM INT8 vs plain ORT FP32 at batch 32 x 128 tokens; calibration times (500 samples)."""
     from pipeline import steps
-    from pipeline.config import resolve_build, resolve_model, write_params
+    from pipeline.steps.chain import prepare_model
+    from pipeline.config import resolve_build, write_params
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,9 +167,7 @@ def issue4_section(cfg_path: Path, matmul_kernel: tuple) -> list:
         cfg = load_params(params)
         calibration = {}
         for model in ("minilm", "resnet50"):
-            ctx = resolve_model(cfg, model)
-            for step in (steps.prepare, steps.export, steps.simplify):
-                step(cfg, ctx)
+            prepare_model(cfg, model)
             build = resolve_build(cfg, f"{model}-cpu-int8")
             start = time.perf_counter()
             report = steps.calibrate(build)
@@ -205,7 +204,8 @@ def cpu_target_section() -> list:
     """Issue 13's floors on this host's most specific CPU target: resnet18 and MiniLM INT8 vs plain ORT FP32,
     with the speed guard's and the accuracy search's decisions, and MiniLM on length-bucketed real text."""
     from pipeline import steps
-    from pipeline.config import cpu_target_isas, resolve_build, resolve_model, write_params
+    from pipeline.steps.chain import prepare_model
+    from pipeline.config import cpu_target_isas, resolve_build, write_params
     from pipeline.evaluate.host import matching_targets
 
     target = matching_targets(cpu_target_isas())[0]
@@ -223,9 +223,7 @@ def cpu_target_section() -> list:
                               f"artifacts_dir={tmp}/a", f"metrics_dir={tmp}/m", f"plots_dir={tmp}/p"])
         cfg = load_params(params)
         for model, batches in (("resnet18", (1, 32)), ("minilm", (32,))):
-            ctx = resolve_model(cfg, model)
-            for step in (steps.prepare, steps.export, steps.simplify):
-                step(cfg, ctx)
+            prepare_model(cfg, model)
             build = resolve_build(cfg, f"{model}-{target}-int8")
             report = steps.calibrate(build)
             steps.build(build)

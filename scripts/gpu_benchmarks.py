@@ -14,8 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import steps  # noqa: E402
+from pipeline.steps.chain import prepare_model  # noqa: E402
 from pipeline.backends import get_backend  # noqa: E402
-from pipeline.config import load_params, resolve_build, resolve_model, write_params  # noqa: E402
+from pipeline.config import load_params, resolve_build, write_params  # noqa: E402
 from pipeline.data import load_dataset, make_splits  # noqa: E402
 from pipeline.evaluate.gpu_benchmark import gpu_benchmark_batch  # noqa: E402
 from pipeline.paths import build_paths  # noqa: E402
@@ -104,9 +105,7 @@ def main() -> None:
     cfg = load_params(work / "params.yaml")
     results: dict = {"baselines": BASELINES, "timings": {}, "validate": {}, "benchmarks": {}, "errors": {}}
     started = time.perf_counter()
-    model = resolve_model(cfg, "resnet50")
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, model)
+    prepare_model(cfg, "resnet50")
     for precision in ("fp32", "fp16"):
         build = resolve_build(cfg, f"resnet50-h200_ort-{precision}")
         steps.calibrate(build)

@@ -27,7 +27,8 @@ BATCH = 128
 def build_engine(work: Path) -> Path:
     """The resnet50-h200_ort-fp16 engine, made by the pipeline's own steps (once)."""
     from pipeline import steps
-    from pipeline.config import load_params, resolve_build, resolve_model, write_params
+    from pipeline.steps.chain import prepare_model
+    from pipeline.config import load_params, resolve_build, write_params
     from pipeline.paths import build_paths
 
     write_params(work / "params.yaml", ["model=[resnet50]", "target=[h200_ort]", "precision=[fp16]",
@@ -35,9 +36,7 @@ def build_engine(work: Path) -> Path:
     cfg = load_params(work / "params.yaml")
     engine = build_paths(cfg, "resnet50-h200_ort-fp16").engine_dir
     if not (engine / "sidecar.json").is_file():
-        model = resolve_model(cfg, "resnet50")
-        for step in (steps.prepare, steps.export, steps.simplify):
-            step(cfg, model)
+        prepare_model(cfg, "resnet50")
         build = resolve_build(cfg, "resnet50-h200_ort-fp16")
         steps.calibrate(build)
         steps.build(build)

@@ -38,14 +38,13 @@ P99_BUDGET_MS = 200.0  # NVIDIA's guidance for online serving
 def build_and_package(work: Path):
     """The build through the pipeline's steps (prepare to package); its BuildContext."""
     from pipeline import steps
-    from pipeline.config import load_params, resolve_build, resolve_model, write_params
+    from pipeline.steps.chain import prepare_model
+    from pipeline.config import load_params, resolve_build, write_params
 
     write_params(work / "params.yaml", ["model=[resnet50]", "dataset=[photo_crops]", "target=[h200_ort]", "precision=[fp16]",
                                         f"artifacts_dir={work}/a", f"metrics_dir={work}/m", f"plots_dir={work}/p", *SERVING])
     cfg = load_params(work / "params.yaml")
-    model = resolve_model(cfg, "resnet50")
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, model)
+    prepare_model(cfg, "resnet50")
     ctx = resolve_build(cfg, BUILD)
     steps.calibrate(ctx)
     steps.build(ctx)

@@ -26,8 +26,9 @@ from onnx import helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import steps  # noqa: E402
+from pipeline.steps.chain import prepare_model  # noqa: E402
 from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
-from pipeline.config import cpu_target_isas, load_params, resolve_build, resolve_model, write_params  # noqa: E402
+from pipeline.config import cpu_target_isas, load_params, resolve_build, write_params  # noqa: E402
 from pipeline.evaluate.benchmark import side_by_side  # noqa: E402
 from pipeline.evaluate.host import host_cpu, matching_targets  # noqa: E402
 from pipeline.paths import build_paths, model_paths  # noqa: E402
@@ -139,9 +140,7 @@ def main() -> None:
                                             "benchmark.min_quantized_speedup=null", f"artifacts_dir={work}/a",
                                             f"metrics_dir={work}/m", f"plots_dir={work}/p"])
         cfg = load_params(work / "params.yaml")
-        model = resolve_model(cfg, "resnet18")
-        for step in (steps.prepare, steps.export, steps.simplify):
-            step(cfg, model)
+        prepare_model(cfg, "resnet18")
         ctx = resolve_build(cfg, build)
         steps.calibrate(ctx)
         steps.build(ctx)

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline import steps
+from pipeline.steps.chain import prepare_model
 from pipeline.backends import get_backend
 from pipeline.config import resolve_build, resolve_model
 from pipeline.data import load_dataset
@@ -63,9 +64,7 @@ def _config(tmp_path, path, *extra):
 
 
 def _through_every_stage(cfg) -> dict:
-    ctx = resolve_model(cfg, "onnx_file")
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, ctx)
+    prepare_model(cfg, "onnx_file")
     results = {}
     for precision in ("fp32", "int8"):
         build = resolve_build(cfg, f"onnx_file-cpu-{precision}")

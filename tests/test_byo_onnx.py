@@ -6,6 +6,7 @@ import onnx
 import pytest
 
 from pipeline import steps
+from pipeline.steps.chain import prepare_model
 from pipeline.backends import get_backend
 from pipeline.config import resolve_build, resolve_model
 from pipeline.data import load_dataset
@@ -21,9 +22,7 @@ def _config(tmp_path, path, *extra):
 
 def test_legacy_file_goes_through_the_whole_pipeline(tmp_path, legacy_onnx, workspace):
     cfg = _config(tmp_path, legacy_onnx)
-    ctx = resolve_model(cfg, "onnx_file")
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, ctx)
+    prepare_model(cfg, "onnx_file")
     imported = onnx.load(str(model_paths(cfg, "onnx_file").exported))
     assert imported.opset_import[0].version == 17
     assert [i.name for i in imported.graph.input] == ["input"]

@@ -71,8 +71,9 @@ def test_nvml_sampler_reads_utilisation_and_clocks():
 def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
     """The whole GPU target path on the small digits model: IOBinding, CUDA graphs, NVML, events."""
     from pipeline import steps
+    from pipeline.steps.chain import prepare_model
     from pipeline.backends import get_backend
-    from pipeline.config import resolve_build, resolve_model
+    from pipeline.config import resolve_build
     from pipeline.data import load_dataset
     from pipeline.paths import build_paths
 
@@ -80,9 +81,7 @@ def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
 
     cfg = compose_config(tmp_path, "model=[digits_cnn]", "target=[h200_ort]", "precision=[fp32]", "benchmark=quick",
                          f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
-    ctx = resolve_model(cfg, "digits_cnn")
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, ctx)
+    prepare_model(cfg, "digits_cnn")
     build = resolve_build(cfg, "digits_cnn-h200_ort-fp32")
     steps.calibrate(build)
     steps.build(build)

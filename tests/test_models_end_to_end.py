@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from pipeline import steps
-from pipeline.config import resolve_build, resolve_model
+from pipeline.steps.chain import prepare_model
+from pipeline.config import resolve_build
 from pipeline.io import read_json
 from pipeline.paths import build_paths
 from pipeline.report.summary import write_report
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.slow
 
 def _run_all(cfg, model: str) -> dict:
     """prepare -> ... -> benchmark for every build of ``model``, then the report; returns the metrics."""
-    ctx = resolve_model(cfg, model)
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, ctx)
+    prepare_model(cfg, model)
     results = {}
     for name in sorted(cfg.builds):
         build = resolve_build(cfg, name)

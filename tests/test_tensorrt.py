@@ -12,10 +12,11 @@ import shutil
 import pytest
 
 from pipeline import steps
+from pipeline.steps.chain import prepare_model
 from pipeline.backends import get_backend
 from pipeline.backends.cuda_runtime import gpu_compute_capability
 from pipeline.backends.tensorrt_backend import check_precision, import_tensorrt, network_precisions, parse_onnx
-from pipeline.config import resolve_build, resolve_model
+from pipeline.config import resolve_build
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, sha256_file
@@ -35,9 +36,7 @@ def rtx(tmp_path_factory):
     cfg = compose_config(root, "target=[rtx4090]", f"precision=[{','.join(PRECISIONS)}]", f"artifacts_dir={root / 'artifacts'}", f"metrics_dir={root / 'metrics'}")
     sidecars = {}
     for model in sorted(cfg.model):
-        ctx = resolve_model(cfg, model)
-        for step in (steps.prepare, steps.export, steps.simplify):
-            step(cfg, ctx)
+        prepare_model(cfg, model)
         for precision in PRECISIONS:
             build = resolve_build(cfg, f"{model}-rtx4090-{precision}")
             steps.calibrate(build)
@@ -169,9 +168,7 @@ def test_fp8_qdq_simulated_on_the_cpu_agrees_with_fp32(rtx):
 def test_transformer_engine_has_batch_and_sequence_profiles(tmp_path):
     """MiniLM through TensorRT-RTX: three int64 inputs, dynamic batch and sequence, profiles from config."""
     cfg = compose_config(tmp_path, "model=[minilm]", "target=[rtx4090]", "precision=[fp16]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
-    ctx = resolve_model(cfg, "minilm")
-    for step in (steps.prepare, steps.export, steps.simplify):
-        step(cfg, ctx)
+    prepare_model(cfg, "minilm")
     build = resolve_build(cfg, "minilm-rtx4090-fp16")
     steps.calibrate(build)
     sidecar = steps.build(build)
