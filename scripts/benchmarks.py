@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -52,8 +53,9 @@ def speed_table(cfg, model: str, build: str, batches=(1, 32), rounds=5) -> list:
     return rows
 
 
-def fp32_time_share(path: Path, feeds: dict, op_types: set, runs: int = 3) -> float:
-    """Fraction of a default ORT session's kernel time spent in ``op_types`` (ORT's profiler)."""
+def kernel_ms(path: Path, feeds: dict, runs: int = 3) -> Dict[Tuple[str, str], float]:
+    """Milliseconds per run of each kernel of a default ORT session (all optimizations), from ORT's
+    profiler, by (kernel event name, op type); every run is profiled."""
     import json
 
     import onnxruntime
@@ -66,8 +68,18 @@ def fp32_time_share(path: Path, feeds: dict, op_types: set, runs: int = 3) -> fl
         for _ in range(runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    return sum(e["dur"] for e in kernels if e["args"]["op_name"] in op_types) / sum(e["dur"] for e in kernels)
+    times: Dict[Tuple[str, str], float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            key = (event["name"], event["args"]["op_name"])
+            times[key] = times.get(key, 0.0) + event["dur"] / 1000.0 / runs
+    return times
+
+
+def fp32_time_share(path: Path, feeds: dict, op_types: set, runs: int = 3) -> float:
+    """Fraction of a default ORT session's kernel time spent in ``op_types`` (ORT's profiler)."""
+    times = kernel_ms(path, feeds, runs)
+    return sum(ms for (_, op), ms in times.items() if op in op_types) / sum(times.values())
 
 
 def floor_verdict(value: float, floor: float, unit: str, higher_is_better: bool = True) -> str:

@@ -52,24 +52,6 @@ def build_and_package(work: Path):
     return ctx
 
 
-def offline(ctx, samples: dict, seconds: float = 3.0) -> dict:
-    """Images/s of the pipeline's runner on the same engine, transfers included, per batch size."""
-    from pipeline.backends import get_backend
-    from pipeline.paths import build_paths
-
-    rates = {}
-    with get_backend("onnxruntime").load(build_paths(ctx.config, ctx.name).engine_dir, expect=ctx.artifact_identity()) as runner:
-        for size, feeds in samples.items():
-            for _ in range(3):
-                runner.run(feeds)
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                runner.run(feeds)
-                count += 1
-            rates[size] = count * size / (time.perf_counter() - start)
-    return rates
-
-
 def measure(server, config, samples: list, levels: list, seconds: float, processes: int, gpus: list) -> list:
     """Load ``config``, then a closed-loop window per concurrency level with NVML sampling every GPU listed."""
     from contextlib import ExitStack
@@ -123,6 +105,7 @@ def main() -> None:
     from pipeline.paths import build_paths
     from pipeline.serving.repository import VERSION, live_copy, read_config
     from pipeline.serving.server import TritonServer, serving_environment
+    from serving_benchmarks import offline_throughput  # scripts/, this script's folder
 
     cuda = import_pycuda()
     cuda.init()
@@ -164,7 +147,8 @@ def main() -> None:
             (args.out / "gpu_serving.json").write_text(json.dumps(result, indent=1))
 
     batches = [1, 4, 16, 64, 128]  # among the sizes GPU instances pad batches to (powers of two up to 128)
-    result["offline_img_per_s"] = {str(size): rate for size, rate in offline(ctx, {size: dataset.load(validation[:size]) for size in batches}).items()}
+    rates = offline_throughput(paths.engine_dir, ctx.artifact_identity(), {size: dataset.load(validation[:size]) for size in batches}, 3.0)
+    result["offline_img_per_s"] = {str(size): rate for size, rate in rates.items()}
 
     def best(label: str) -> dict:
         """The highest throughput of a configuration within the p99 budget, no errors."""

@@ -13,11 +13,10 @@ on real photo crops:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import onnx
@@ -25,6 +24,7 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import kernel_ms as profiled_kernels  # noqa: E402  (scripts/, this script's folder)
 from pipeline import steps  # noqa: E402
 from pipeline.steps.chain import prepare_model  # noqa: E402
 from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
@@ -36,24 +36,10 @@ from pipeline.paths import build_paths, model_paths  # noqa: E402
 BATCH, FLOOR, STEM = 32, 3.6, "/conv1/Conv"
 
 
-def kernel_ms(path: Path, feeds: dict, runs: int = 4) -> Counter:
-    """Milliseconds per run of each kernel event of ORT's profiler (default session, all optimizations)."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        session.run(None, feeds)  # not profiled apart: the first run's set-up is averaged in below, equally for both
-        for _ in range(runs):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    times = Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            times[event["name"]] += event["dur"] / 1000.0 / (runs + 1)
-    return times
+def kernel_ms(path: Path, feeds: dict, runs: int = 5) -> Dict[str, float]:
+    """Milliseconds per run of each kernel, by event name (ORT's profiler; every run profiled, the first
+    with its set-up, alike for every model compared)."""
+    return {name: ms for (name, _), ms in profiled_kernels(path, feeds, runs).items()}
 
 
 def is_stem(kernel: str) -> bool:
