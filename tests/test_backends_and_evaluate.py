@@ -42,6 +42,31 @@ def test_runner_rejects_wrong_input_shape(workspace, digits_int8):
             runner.run({"x": np.zeros((2, 1, 8, 8), np.float32)})
 
 
+def test_a_runner_per_shape_keeps_one_runner_per_shape_up_to_its_limit_then_shares_one(workspace, digits_int8):
+    """What a GPU server's runner does with its padded batches, on real CPU sessions: each shape gets a
+    runner of its own, shapes past the limit share one, and every answer equals a plain runner's."""
+    from pipeline.backends.base import RunnerPerShape
+
+    engine = build_paths(workspace, digits_int8.name).engine_dir
+    made = []
+
+    def make():
+        made.append(get_backend("onnxruntime").load(engine))
+        return made[-1]
+
+    feeds = {size: {"input": np.random.default_rng(size).standard_normal((size, 1, 8, 8)).astype(np.float32)} for size in (1, 4, 8, 2)}
+    with get_backend("onnxruntime").load(engine) as plain, RunnerPerShape(make, max_shapes=2) as runner:
+        assert runner.inputs == plain.inputs and runner.output_names == plain.output_names
+        for size in (1, 4, 1, 8, 2, 4, 8):
+            np.testing.assert_array_equal(runner.run(feeds[size])["logits"], plain.run(feeds[size])["logits"])
+        assert runner.shapes == [(("input", (1, 1, 8, 8)),), (("input", (4, 1, 8, 8)),)]
+        assert len(made) == 3 and runner.runner_for(feeds[8]) is runner.runner_for(feeds[2]) is made[2]
+        assert runner.runner_for(feeds[1]) is made[0] and runner.last_runner is made[2]
+        with pytest.raises(PipelineError, match="missing input 'input'"):
+            runner.run({"x": feeds[1]["input"]})
+    assert len(made) == 3
+
+
 def test_loading_an_artifact_from_another_backend_or_version_is_refused(workspace, digits_int8, tmp_path):
     import json
     import shutil

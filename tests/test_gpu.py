@@ -49,8 +49,9 @@ def test_cuda_graph_capture_and_replay_on_a_pycuda_stream(device):
     graph = CudaGraph(stream, lambda: cuda.memcpy_dtod_async(target.device, source.device, data.nbytes, stream))
     source.upload(data * 3, stream)  # the graph copies whatever the source holds when replayed
     graph.launch()
-    result = target.download(data.shape, stream).copy()
-    stream.synchronize()
+    result = target.download(data.shape, stream)
+    stream.synchronize()  # the copy out is asynchronous: read the page-locked buffer only after it
+    result = result.copy()
     graph.close()
     assert np.array_equal(result, data * 3)
 
@@ -99,6 +100,15 @@ def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
         assert graphed.compute_only() > 0 and set(plain.last_timing) == {"h2d_ms", "compute_ms", "d2h_ms"}
         assert graphed.graph_mode in ("stream_capture", "onnxruntime") and plain.graph_mode == "none"
         print("graph mode:", graphed.graph_mode)
+        # A server's runner: a session per batch size (the CUDA provider sets convolutions up per shape).
+        from pipeline.backends.base import RunnerPerShape
+
+        with get_backend("onnxruntime").load(build_paths(cfg, build.name).engine_dir, varying_shapes=True) as served:
+            assert isinstance(served, RunnerPerShape)
+            for size in (16, 5, 16, 1, 5):
+                part = {"input": feeds["input"][:size]}
+                np.testing.assert_allclose(served.run(part)["logits"], plain.run(part)["logits"], rtol=1e-4, atol=1e-4)
+            assert [dict(key)["input"][0] for key in served.shapes] == [16, 5, 1]
         # Overlapped transfers: batches written in place into page-locked slots, outputs in order and
         # equal to the plain runner's, however many batches are in flight.
         dataset = load_dataset("digits", build.dataset)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -81,6 +81,49 @@ class Runner(abc.ABC):
                 )
 
 
+class RunnerPerShape(Runner):
+    """One runner per input shape, each made the first time its shape is fed. For engines that set
+    their kernels up for the shape of the last run and again on every change (ONNX Runtime's CUDA
+    convolutions): a caller that feeds a few shapes in turn (a server padding its batches to a few
+    sizes) pays that set-up once per shape, not once per change. Past ``max_shapes`` distinct shapes,
+    the rest share one more runner, correct but paying the set-up whenever their shape changes."""
+
+    def __init__(self, make: Callable[[], Runner], max_shapes: int = 16):
+        self._make, self.max_shapes = make, max_shapes
+        self._runners: Dict[Tuple, Runner] = {}
+        self._spare: Optional[Runner] = make()  # the first shape's runner; it also tells inputs and outputs
+        self._overflow: Optional[Runner] = None
+        self.inputs, self.output_names = self._spare.inputs, self._spare.output_names
+        self.last_runner: Runner = self._spare
+
+    def runner_for(self, feeds: Dict[str, np.ndarray]) -> Runner:
+        key = tuple((spec.name, tuple(feeds[spec.name].shape)) for spec in self.inputs)
+        runner = self._runners.get(key)
+        if runner is None:
+            if len(self._runners) < self.max_shapes:
+                runner = self._runners[key] = self._spare or self._make()
+                self._spare = None
+            else:
+                runner = self._overflow = self._overflow or self._make()
+        return runner
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.check_feeds(feeds)  # before a bad feed takes a shape's place
+        self.last_runner = self.runner_for(feeds)
+        return self.last_runner.run(feeds)
+
+    @property
+    def shapes(self) -> List[Tuple]:
+        """The input shapes that have a runner of their own, in the order they were first fed."""
+        return list(self._runners)
+
+    def close(self) -> None:
+        made = [r for r in (*self._runners.values(), self._overflow, self._spare) if r is not None]
+        for runner in reversed(made):  # the reverse of creation: GPU runners pop the contexts they pushed
+            runner.close()
+        self._runners, self._overflow, self._spare = {}, None, None
+
+
 class Backend(abc.ABC):
     name: str
 
@@ -101,9 +144,9 @@ class Backend(abc.ABC):
              gpu: int = 0, varying_shapes: bool = False) -> Runner:
         """A runner for the artifact; ``cuda_graph`` replays captured CUDA graphs on GPU backends, and
         ``gpu`` is the GPU they run on (CUDA's index; CPU artifacts ignore it). ``varying_shapes``: the
-        caller feeds many batch sizes (a server's dynamic batching), so a backend that would time kernels
-        for every new shape picks them by heuristics instead. ``expect`` ({"build": ..., "precision":
-        ...}) must match the sidecar, or the load is refused."""
+        caller feeds many batch sizes (a server's dynamic batching): a backend whose kernels are set up
+        per shape returns a ``RunnerPerShape`` and picks kernels by heuristics rather than timing them.
+        ``expect`` ({"build": ..., "precision": ...}) must match the sidecar, or the load is refused."""
 
     def read_sidecar(self, artifact_dir: Path, expect: Optional[Dict[str, str]] = None) -> dict:
         """The sidecar, checked: well-formed, this backend, the expected build, and an artifact file

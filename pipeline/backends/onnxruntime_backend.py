@@ -9,7 +9,7 @@ import numpy as np
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
 from ..io import require_file, sha256_file, write_json
-from .base import SIDECAR, Backend, BuildRequest, Runner, ort_numpy_dtype
+from .base import SIDECAR, Backend, BuildRequest, Runner, RunnerPerShape, ort_numpy_dtype
 
 ARTIFACT = "model.onnx"
 _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -152,15 +152,19 @@ class OnnxRuntimeBackend(Backend):
 
             level = sidecar.get("graph_optimization_level", "all")  # the target's setting, applied when the CUDA EP loads
 
-            # The CUDA provider times every cuDNN convolution algorithm for each new input shape (seconds
-            # for ResNet-50): right for a benchmark's fixed shapes, a stall per batch size under dynamic batching.
+            # The CUDA provider sets its convolutions up for the input shape of the last run and again at
+            # every change, timing each cuDNN algorithm the first time it meets a shape (seconds for
+            # ResNet-50). Many shapes: a session per shape, algorithms by heuristics so loading stays quick.
             search = {"cudnn_conv_algo_search": "HEURISTIC"} if varying_shapes else {}
 
             def session(cuda_options: dict):
                 return ort.InferenceSession(str(path), session_options(threads, level),
                                             providers=[("CUDAExecutionProvider", {**search, **cuda_options}), "CPUExecutionProvider"])
 
-            return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
+            def runner():
+                return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
+
+            return RunnerPerShape(runner) if varying_shapes else runner()
         if sidecar["versions"]["onnxruntime"] != ort.__version__:
             # An offline-optimized model may use kernels of the version that wrote it.
             raise PipelineError(
