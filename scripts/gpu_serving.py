@@ -79,7 +79,7 @@ def shape_change_study(engine_dir: Path, expect: dict, images: dict, sizes=(64, 
             fixed[size] = ms_per_run(runner, [size] * rounds)
         for _ in range(2):  # copy in, compute, copy out of a run that meets no change of shape
             runner.run(feeds[sizes[0]])
-        stages = getattr(getattr(runner, "last_runner", runner), "last_timing", {})
+        stages = getattr(runner, "last_timing", {})
         mixed = ms_per_run(runner, mixed_order)
         same_sizes = sum(fixed[size] for size in mixed_order) / len(mixed_order)
         return {"fixed_ms": fixed, "mixed_ms": mixed, "mixed_over_fixed": mixed / same_sizes,

@@ -62,6 +62,7 @@ def test_a_runner_per_shape_keeps_one_runner_per_shape_up_to_its_limit_then_shar
         assert runner.shapes == [(("input", (1, 1, 8, 8)),), (("input", (4, 1, 8, 8)),)]
         assert len(made) == 3 and runner.runner_for(feeds[8]) is runner.runner_for(feeds[2]) is made[2]
         assert runner.runner_for(feeds[1]) is made[0] and runner.last_runner is made[2]
+        assert runner.last_timing == {}  # CPU runners time no GPU stages
         with pytest.raises(PipelineError, match="missing input 'input'"):
             runner.run({"x": feeds[1]["input"]})
     assert len(made) == 3

@@ -113,6 +113,11 @@ class RunnerPerShape(Runner):
         return self.last_runner.run(feeds)
 
     @property
+    def last_timing(self) -> Dict[str, float]:
+        """The last run's per-stage GPU milliseconds, where its runner times them (CUDA events)."""
+        return getattr(self.last_runner, "last_timing", {})
+
+    @property
     def shapes(self) -> List[Tuple]:
         """The input shapes that have a runner of their own, in the order they were first fed."""
         return list(self._runners)

@@ -79,7 +79,7 @@ class TritonPythonModel:
         timing["gather_s"] += gathered - started
         timing["run_s"] += ran - gathered
         timing["respond_s"] += time.perf_counter() - ran
-        gpu_ms = getattr(getattr(self.runner, "last_runner", self.runner), "last_timing", {})  # CUDA events: copy in, compute, copy out
+        gpu_ms = getattr(self.runner, "last_timing", {})  # CUDA events: copy in, compute, copy out
         for stage, ms in gpu_ms.items():
             timing[stage] = timing.get(stage, 0.0) + ms
         return responses
