@@ -1,6 +1,8 @@
 """Numeric comparisons shared by validation (evaluate) and the precision search (onnx_tools)."""
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 
 
@@ -21,16 +23,36 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(finite, cosine, np.nan)
 
 
-def output_problems(name: str, candidate: np.ndarray, reference: np.ndarray) -> list:
-    """What makes a candidate output unusable whatever its agreement metrics say: non-finite values,
-    or one answer for every sample where the reference varies (e.g. an engine that outputs zeros)."""
+def output_problems(name: str, candidate, reference) -> list:
+    """What makes a candidate output unusable whatever its agreement metrics say: non-finite values;
+    one answer for every sample where the reference varies (e.g. an engine that outputs zeros); or a
+    reference that is itself the same for every sample, against which no comparison measures anything.
+    ``candidate``/``reference``: batch-first arrays, or lists of per-sample arrays of differing shapes."""
     problems = []
     for label, values in (("the FP32 reference", reference), ("the candidate", candidate)):
-        bad = int((~np.isfinite(values)).sum())
+        bad = sum(int((~np.isfinite(v)).sum()) for v in (values if isinstance(values, list) else [values]))
         if bad:
-            problems.append(f"output '{name}' of {label} has {bad} NaN/Inf values of {values.size}")
+            size = sum(v.size for v in (values if isinstance(values, list) else [values]))
+            problems.append(f"output '{name}' of {label} has {bad} NaN/Inf values of {size}")
     if len(candidate) > 1 and not problems:
-        constant = np.all(candidate == candidate[:1])
-        if constant and not np.all(reference == reference[:1]):
+        def constant(values) -> bool:
+            return all(v.shape == values[0].shape and np.array_equal(v, values[0]) for v in values[1:])
+
+        if constant(reference):
+            problems.append(f"output '{name}' of the FP32 reference is the same for all {len(reference)} samples: comparing with it "
+                            f"measures nothing (a model that answers alike for every input, or data that does not vary)")
+        elif constant(candidate):
             problems.append(f"output '{name}' of the candidate is the same for all {len(candidate)} samples; the FP32 reference's is not")
     return problems
+
+
+def class_axis_problem(name: str, shape: Sequence[int], axis: int, task: str) -> Optional[str]:
+    """Why argmax over ``axis`` of an output of ``shape`` (batch first) measures nothing, or None."""
+    if not -len(shape) <= axis < len(shape) or axis % len(shape) == 0:
+        return (f"{task} takes the argmax over class_axis {axis}, which output '{name}' of shape {list(shape)} does not have "
+                f"(axis 0 is the batch)")
+    if shape[axis] == 1:
+        return (f"{task} takes the argmax over class_axis {axis} of output '{name}' of shape {list(shape)}, which has size 1: "
+                f"agreement would read 1.0 whatever the output; set the model's class_axis to the class scores' axis, or task: tensor "
+                f"(per-output error gates)")
+    return None

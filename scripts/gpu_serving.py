@@ -188,7 +188,7 @@ def main() -> None:
     ctx = build_and_package(args.work)
     result["build_and_package_s"] = round(time.perf_counter() - started, 1)
     paths = build_paths(ctx.config, ctx.name)
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation
 
     print("batch size changing at every run, on the CUDA runner:", flush=True)

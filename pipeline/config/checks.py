@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ..errors import PipelineError
-from .schema import ElementType, PipelineConfig, PrecisionMode, option_value
+from .schema import ElementType, PipelineConfig, PrecisionMode, Preprocess, TensorSpec, Task, option_value
 
 # What each precision mode converts to: the element types that make sense for it.
 _MODE_TYPES = {
@@ -21,8 +21,17 @@ _MODE_TYPES = {
     PrecisionMode.qdq: {ElementType.int8, ElementType.float8e4m3fn},
 }
 _OPTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-# Dataset sources whose samples carry task labels (tests/test_data.py checks this against the data layer).
+# Dataset sources whose samples carry task labels (tests/test_data.py checks this against the data layer);
+# the user's images and tensors carry them when `labels` is set.
 LABELLED_SOURCES = {"sklearn_digits"}
+USER_SOURCES = {"image_folder", "tensor_files", "text_lines"}
+# Input dtypes a dataset can feed and every backend takes (numpy names).
+INPUT_DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
+
+
+def has_labels(data) -> bool:
+    source = option_value(data.source)
+    return source in LABELLED_SOURCES or (source in ("image_folder", "tensor_files") and data.labels is not None)
 
 
 
@@ -94,10 +103,25 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
 
     for name, data in cfg.dataset.items():
         key = f"dataset.{name}"
-        need(data.num_samples >= 2, f"{key}.num_samples", data.num_samples, "must be >= 2")
-        need(1 <= data.num_validation < data.num_samples, f"{key}.num_validation", data.num_validation,
-             f"must be between 1 and num_samples - 1 ({data.num_samples - 1})")
-        need(data.image_size >= 1, f"{key}.image_size", data.image_size, "must be >= 1")
+        source = option_value(data.source)
+        if source in USER_SOURCES:
+            need(bool(data.path), f"{key}.path", data.path, f"required for {source}: the file or folder of your data")
+            need(data.num_samples is None or data.num_samples >= 2, f"{key}.num_samples", data.num_samples, "null (every file) or >= 2")
+            need(data.num_validation >= 1, f"{key}.num_validation", data.num_validation, "must be >= 1")
+            need(source != "image_folder" or data.labels is None or data.labels == "subfolders" or data.labels.endswith(".csv"),
+                 f"{key}.labels", data.labels, "null, subfolders (class folders) or a .csv of file,label rows")
+            need(source != "text_lines" or data.labels is None, f"{key}.labels", data.labels, "text_lines has no labels: null")
+        else:
+            need(data.num_samples is not None and data.num_samples >= 2, f"{key}.num_samples", data.num_samples, "must be >= 2")
+            need(data.num_samples is None or 1 <= data.num_validation < data.num_samples, f"{key}.num_validation", data.num_validation,
+                 f"must be between 1 and num_samples - 1 ({(data.num_samples or 2) - 1})")
+            need(data.path is None, f"{key}.path", data.path, f"built-in source {source} reads no path; user data: source image_folder, "
+                                                             f"tensor_files or text_lines")
+        if source == "image_folder":
+            fed = [(m, spec) for m, model in cfg.model.items() if model.dataset == name for spec in model.inputs if spec.name == data.input_name]
+            problems += preprocess_problems(data.preprocess, f"{key}.preprocess")
+            for model_name, spec in fed:
+                problems += [f"{p} (model.{model_name})" for p in preprocess_problems(data.preprocess, f"{key}.preprocess", spec)]
         need(data.max_length >= 2, f"{key}.max_length", data.max_length, "must be >= 2")
 
     for name, model in cfg.model.items():
@@ -108,13 +132,22 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
         need(bool(model.outputs), f"{key}.outputs", model.outputs, "must name at least one output")
         for index, spec in enumerate(model.inputs):
             need(all(d == -1 or d >= 1 for d in spec.shape), f"{key}.inputs[{index}].shape", spec.shape, "dims are -1 (dynamic) or >= 1")
-            need(bool(spec.shape) and spec.shape[0] in (-1, 1), f"{key}.inputs[{index}].shape", spec.shape,
-                 "axis 0 is the batch: -1 (dynamic) or 1 (a model fixed to one sample, run one at a time)")
+            need(not spec.batch or (bool(spec.shape) and spec.shape[0] in (-1, 1)), f"{key}.inputs[{index}].shape", spec.shape,
+                 "axis 0 is the batch: -1 (dynamic) or 1 (a model fixed to one sample, run one at a time); an input without a batch "
+                 "axis (a state, a scalar: shape []) sets batch: false")
+            need(spec.dtype in INPUT_DTYPES, f"{key}.inputs[{index}].dtype", spec.dtype, f"one of {sorted(INPUT_DTYPES)}")
+        need(model.top_k >= 1, f"{key}.top_k", model.top_k, "must be >= 1")
+        need(model.score_output is None or model.score_output in model.outputs, f"{key}.score_output", model.score_output,
+             f"null or one of the model's outputs {list(model.outputs)}")
+        need(model.task != Task.detection or model.gates.min_topk_agreement is None or model.score_output is not None,
+             f"{key}.gates.min_topk_agreement", model.gates.min_topk_agreement, f"needs {key}.score_output (the output whose top-k is compared)")
+        unknown_outputs = sorted(set(model.gates.outputs) - set(model.outputs))
+        need(not unknown_outputs, f"{key}.gates.outputs", unknown_outputs, f"keys are output names: {list(model.outputs)}")
         data = cfg.dataset.get(model.dataset)
-        if data is not None and model.gates.max_accuracy_drop is not None and option_value(data.source) not in LABELLED_SOURCES:
+        if data is not None and model.gates.max_accuracy_drop is not None and not has_labels(data):
             problems.append(f"{key}.gates.max_accuracy_drop = {model.gates.max_accuracy_drop!r}: dataset '{model.dataset}' "
                             f"({option_value(data.source)}) has no labels to measure accuracy on; set it to null and gate on "
-                            f"min_top1_agreement / min_cosine (agreement with the FP32 reference)")
+                            f"min_top1_agreement / min_cosine (agreement with the FP32 reference), or give the dataset labels")
         fusions = model.transformer_fusions
         need(fusions.num_heads >= 0 and fusions.hidden_size >= 0 and (fusions.num_heads == 0 or fusions.hidden_size % fusions.num_heads == 0),
              f"{key}.transformer_fusions", f"num_heads={fusions.num_heads}, hidden_size={fusions.hidden_size}",
@@ -134,9 +167,13 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
                  model.train, "epochs and batch_size >= 1, learning_rate > 0")
         gates = model.gates
         for gate, low, high in (("max_accuracy_drop", 0.0, 100.0), ("min_top1_agreement", 0.0, 1.0), ("min_cosine", -1.0, 1.0),
-                                ("min_retrieval_agreement", 0.0, 1.0)):
+                                ("min_retrieval_agreement", 0.0, 1.0), ("min_topk_agreement", 0.0, 1.0)):
             value = getattr(gates, gate)
             need(value is None or low <= value <= high, f"{key}.gates.{gate}", value, f"must be null or in [{low}, {high}]")
+        for output, gate in [("every_output", gates.every_output)] + [(f"outputs.{n}", g) for n, g in gates.outputs.items()]:
+            need(gate.min_cosine is None or -1.0 <= gate.min_cosine <= 1.0, f"{key}.gates.{output}.min_cosine", gate.min_cosine, "null or in [-1, 1]")
+            for bound in ("max_rel_l2", "max_abs_error"):
+                need(getattr(gate, bound) is None or getattr(gate, bound) >= 0, f"{key}.gates.{output}.{bound}", getattr(gate, bound), "null or >= 0")
         for index, profile in enumerate(model.profiles):
             for axis in sorted(set(profile.min) | set(profile.opt) | set(profile.max)):
                 values = [profile.min.get(axis), profile.opt.get(axis), profile.max.get(axis)]
@@ -168,6 +205,39 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     for group in ("model", "target", "precision", "dataset"):
         for option in getattr(cfg, group):
             need(_OPTION_NAME.match(option) is not None, f"{group} option", option, "names are letters, digits, '_', '-' and '.' (no paths)")
+    return problems
+
+
+def preprocess_problems(pre: Preprocess, key: str, spec: Optional[TensorSpec] = None) -> List[str]:
+    """What is wrong with a preprocess block alone or, given ``spec``, against the model input it feeds."""
+    problems = []
+    if spec is None:
+        if len(pre.size) != 2 or any(d == 0 or d < -1 for d in pre.size):
+            problems.append(f"{key}.size = {list(pre.size)}: [H, W], each >= 1 or -1 (the image's own size, rounded to multiple_of)")
+        if pre.multiple_of < 1:
+            problems.append(f"{key}.multiple_of = {pre.multiple_of}: must be >= 1")
+        for name in ("mean", "std"):
+            values = getattr(pre, name)
+            if len(values) not in (0, 1, pre.channels):
+                problems.append(f"{key}.{name} = {list(values)}: one value per channel ({pre.channels} for color "
+                                f"{option_value(pre.color)}), one for all, or []")
+        if any(s == 0 for s in pre.std):
+            problems.append(f"{key}.std = {list(pre.std)}: no value may be 0")
+        if pre.dtype not in INPUT_DTYPES:
+            problems.append(f"{key}.dtype = {pre.dtype!r}: one of {sorted(INPUT_DTYPES)}")
+        return problems
+    if not spec.batch or len(spec.shape) != 4:
+        return [f"{key}: images feed a 4-D input with a batch axis; input '{spec.name}' is {spec.shape}{'' if spec.batch else ' (batch: false)'}"]
+    if spec.dtype != pre.dtype:
+        problems.append(f"{key}.dtype = {pre.dtype}: input '{spec.name}' is {spec.dtype}")
+    if len(pre.size) == 2:
+        made = pre.sample_shape(*pre.size)
+        for axis, (model_dim, ours) in enumerate(zip(spec.shape[1:], made), start=1):
+            if model_dim >= 1 and ours >= 1 and model_dim != ours:
+                problems.append(f"{key} makes axis {axis} of input '{spec.name}' {ours} (layout {option_value(pre.layout)}, size {list(pre.size)}, "
+                                f"color {option_value(pre.color)}); the model's input is {spec.shape}")
+            elif model_dim >= 1 and ours == -1:
+                problems.append(f"{key}.size leaves axis {axis} of input '{spec.name}' to each image (-1); the model fixes it to {model_dim}")
     return problems
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,6 +18,7 @@ from .schema import (
     PrecisionConfig,
     TargetConfig,
     as_plain,
+    option_value,
 )
 
 
@@ -68,6 +70,12 @@ class BuildContext:
         """What this build's engine sidecar must say (load refuses any other build's engine)."""
         return {"build": self.name, "target": self.entry.target, "precision": self.precision_name}
 
+    def image_preprocess(self) -> Optional[dict]:
+        """The resolved preprocessing of an image dataset (None for other data): recorded in the sidecar
+        and the Triton package, so whoever serves the artifact feeds it the same way."""
+        preprocess = as_plain(self.dataset.preprocess)  # read for every build: a DVC param of build
+        return preprocess if option_value(self.dataset.source) in ("image_folder", "photo_crops") else None
+
     def config_fingerprint(self) -> dict:
         """The settings the build stage turns into this artifact (its declared DVC params), hashed
         into the sidecar: the hash changes exactly when the build reruns."""
@@ -76,6 +84,7 @@ class BuildContext:
                 "build": self.name,
                 "target": self.target,
                 "model": {"inputs": self.model.inputs, "profiles": self.model.profiles},
+                "preprocess": self.image_preprocess(),
             }
         )
 

@@ -103,14 +103,37 @@ class HardwareCompatibility(str, Enum):  # TensorRT's HardwareCompatibilityLevel
 
 
 class DatasetSource(str, Enum):
-    sklearn_digits = "sklearn_digits"
-    photo_crops = "photo_crops"
-    stdlib_sentences = "stdlib_sentences"
+    sklearn_digits = "sklearn_digits"  # built in: scikit-learn's handwritten digits
+    photo_crops = "photo_crops"  # built in: crops of scikit-image's photographs
+    stdlib_sentences = "stdlib_sentences"  # built in: standard-library docstring sentences
+    image_folder = "image_folder"  # the user's images (path), preprocessed as the model expects
+    tensor_files = "tensor_files"  # the user's tensors: one .npz keyed by input name, or a folder of one-sample .npz
+    text_lines = "text_lines"  # the user's UTF-8 text, one sample per line, tokenized with `tokenizer`
 
 
 class Task(str, Enum):
-    classification = "classification"  # logits: top-1 agreement (and accuracy with labels)
+    classification = "classification"  # scores along class_axis: top-1 agreement (and accuracy with labels)
     embedding = "embedding"  # vectors: cosine and nearest-neighbour retrieval agreement
+    sequence = "sequence"  # per-step scores (CTC recognizers): argmax agreement per step along class_axis
+    detection = "detection"  # tensors gated per output; top-k agreement of the score output where named
+    tensor = "tensor"  # any other output: per-output error bounds only
+
+
+class ResizeMode(str, Enum):
+    center_crop = "center_crop"  # scale the short side to fit, crop the centre (torchvision's eval transform)
+    stretch = "stretch"  # resize to the size, aspect ratio not kept
+    letterbox = "letterbox"  # scale to fit inside, pad the rest with pad_value (Ultralytics)
+
+
+class ColorOrder(str, Enum):
+    rgb = "rgb"
+    bgr = "bgr"  # OpenCV-trained models (OpenVINO's reverse_input_channels)
+    gray = "gray"  # one channel
+
+
+class Layout(str, Enum):
+    nchw = "nchw"
+    nhwc = "nhwc"
 
 
 @dataclass
@@ -121,11 +144,14 @@ class TensorSpec:
     dtype: str = "float32"
     # Names of the dynamic axes, in order (profiles refer to them); default: batch, then dim<i>.
     axes: List[str] = field(default_factory=list)
+    # False: the input has no batch axis (a recurrent state, a scalar such as a sample rate): every
+    # batch is fed the same stored value, and the model runs one sample at a time.
+    batch: bool = True
 
     @property
     def fixed_batch(self) -> bool:
         """Axis 0 is a batch of exactly one (a model that cannot take more)."""
-        return bool(self.shape) and self.shape[0] == 1
+        return self.batch and bool(self.shape) and self.shape[0] == 1
 
     def axis_name(self, axis: int) -> str:
         dynamic = [i for i, d in enumerate(self.shape) if d < 0]
@@ -142,13 +168,29 @@ class TrainConfig:
 
 
 @dataclass
+class OutputGate:
+    """Bounds on one output's error against FP32 (null: not gated)."""
+
+    min_cosine: Optional[float] = None  # mean per-sample cosine similarity
+    max_rel_l2: Optional[float] = None  # ||candidate - reference|| / ||reference|| over the split
+    max_abs_error: Optional[float] = None  # largest |candidate - reference|
+
+
+@dataclass
 class Gates:
     """Accuracy gates checked by the validate stage; null disables a gate."""
 
     max_accuracy_drop: Optional[float] = None  # points of task accuracy lost against FP32
-    min_top1_agreement: Optional[float] = None  # fraction of samples with FP32's top-1 class
-    min_cosine: Optional[float] = None  # mean cosine similarity to FP32 outputs
+    min_top1_agreement: Optional[float] = None  # fraction of samples (steps, for sequence) with FP32's top-1 class
+    min_cosine: Optional[float] = None  # mean cosine similarity to FP32 outputs (the first output)
     min_retrieval_agreement: Optional[float] = None  # embeddings: same nearest neighbour as FP32
+    min_topk_agreement: Optional[float] = None  # detection: overlap of the top-k score indices with FP32's
+    # Every output not named in `outputs` (a wrecked second output must not pass unseen); BYO models set cosine >= 0.98.
+    every_output: OutputGate = field(default_factory=OutputGate)
+    outputs: Dict[str, OutputGate] = field(default_factory=dict)  # per output name, in place of every_output
+
+    def for_output(self, name: str) -> OutputGate:
+        return self.outputs.get(name, self.every_output)
 
 
 @dataclass
@@ -182,6 +224,9 @@ class SmoothQuant:
 class ModelConfig:
     source: ModelSource = ModelSource.torchvision
     task: Task = Task.classification
+    class_axis: int = -1  # classification / sequence: the axis of the class scores (negative: from the end)
+    score_output: Optional[str] = None  # detection: the output whose top-k indices must agree with FP32's
+    top_k: int = 10  # detection: how many top scores per sample are compared
     architecture: Optional[str] = None  # torchvision name, e.g. resnet18
     # torchvision: optional state_dict; hf_transformer: model directory; onnx: the ONNX file.
     # A path, or pkg://package/subdir for files inside an installed package.
@@ -214,10 +259,17 @@ class ModelConfig:
     # INT8/FP8: SmoothQuant for MatMuls with constant weights (activation outliers moved into the weights).
     smoothquant: SmoothQuant = field(default_factory=SmoothQuant)
 
+    @property
+    def one_sample_at_a_time(self) -> bool:
+        """Inputs that fix a batch of one, or an input without a batch axis (whose one value, a state or
+        a scalar, belongs to one sample): every stage then runs the model one sample at a time
+        (calibration, validation, the benchmark sweep, serving)."""
+        batched = [spec for spec in self.inputs if spec.batch]
+        return bool(self.inputs) and (len(batched) < len(self.inputs) or all(spec.fixed_batch for spec in batched))
+
     def batch_size(self, wanted: int) -> int:
-        """``wanted``, or 1 for a model whose inputs fix a batch of one: every stage then runs it one
-        sample at a time (calibration, validation, the benchmark sweep, serving)."""
-        return 1 if self.inputs and all(spec.fixed_batch for spec in self.inputs) else wanted
+        """``wanted``, or 1 for a model run one sample at a time."""
+        return 1 if self.one_sample_at_a_time else wanted
 
 
 @dataclass
@@ -276,15 +328,48 @@ class PrecisionConfig:
 
 
 @dataclass
+class Preprocess:
+    """How an image becomes the model's input (image_folder; photo_crops uses it with its own values).
+    The keys users know from OpenVINO (mean_values, scale_values, reverse_input_channels) and
+    Ultralytics (letterbox). Order: color, resize, * scale, - mean, / std, layout, dtype."""
+
+    size: List[int] = field(default_factory=lambda: [224, 224])  # [H, W]; -1 keeps the image's size (rounded to multiple_of)
+    multiple_of: int = 32  # where size is -1: the image's size rounded to a multiple of this
+    resize: ResizeMode = ResizeMode.center_crop
+    pad_value: float = 114.0  # letterbox padding, in 0-255 pixel units (before scale/mean/std)
+    color: ColorOrder = ColorOrder.rgb
+    scale: float = 0.00392156862745098  # multiplies the 0-255 pixels (1/255); 1.0 keeps raw 0-255
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # per channel, after scale ([] : none)
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # per channel, after mean ([] : none)
+    layout: Layout = Layout.nchw
+    dtype: str = "float32"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == ColorOrder.gray else 3
+
+    def sample_shape(self, height: int, width: int) -> tuple:
+        """One sample's shape for an image preprocessed to ``height`` x ``width``."""
+        return (self.channels, height, width) if self.layout == Layout.nchw else (height, width, self.channels)
+
+
+@dataclass
 class DatasetConfig:
     source: DatasetSource = DatasetSource.sklearn_digits
     seed: int = 0
     num_validation: int = 497  # held-out samples, disjoint from training and calibration
-    image_size: int = 8
-    num_samples: int = 1797  # total generated (photo_crops) or available (digits, sentences)
+    # Built-in sources: total generated or available. User sources: at most this many of the files
+    # (null: all of them), a seeded draw when there are more.
+    num_samples: Optional[int] = 1797
     input_name: str = "input"  # image datasets: the model input they feed
     tokenizer: Optional[str] = None  # text datasets: tokenizer directory or pkg://package/subdir
     max_length: int = 128  # text datasets: longest token sequence
+    # User sources: a file or folder (a path, or pkg://package/subdir), a DVC dependency by content.
+    path: Optional[str] = None
+    # image_folder: null (no labels), "subfolders" (class folder names, sorted, are the class ids) or a
+    # CSV file of `file,label` rows (file relative to path). tensor_files: the name of a labels array.
+    labels: Optional[str] = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
 
 
 @dataclass
@@ -394,6 +479,7 @@ class BuildEntry:
     target: str = "???"
     precision: Precision = Precision.fp32
     dataset: str = "???"  # the model's dataset, so stages can name its params key
+    data: str = "???"  # the dataset's files (a DVC dependency by content); built-in data: its module
 
 
 @dataclass
@@ -404,6 +490,9 @@ class ModelEntry:
     # The file (or folder, for an ONNX with external data) the model's weights come from: a DVC
     # dependency of prepare. Models with no such file point at prepare's own script.
     source: str = "???"
+    # The data prepare reads (training, BatchNorm re-estimation): the dataset's files; prepare's own
+    # script for a bring-your-own ONNX (prepare copies it and reads no data).
+    data: str = "???"
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""Real datasets that need no download.
+"""Real datasets: built in (no download) or the user's own files.
 
+Built in:
 * ``sklearn_digits``: the UCI handwritten digits scikit-learn ships (1,797 labelled 8x8 images).
 * ``photo_crops``: seeded crops of the photographs scikit-image ships, generated on demand, so a
   1,000-sample 224 px set never sits in memory whole.
 * ``stdlib_sentences``: English sentences from the docstrings of Python's standard library (real
   human-written text, derived deterministically), tokenized with the model's own tokenizer.
 
+The user's own (``path``; pipeline/data/user_data.py): ``image_folder``, ``tensor_files``, ``text_lines``.
+
 A dataset yields *feeds*: ``{input name: batch array}``, so multi-input models need no special case.
+Samples whose shapes differ (images kept at their own width, tensors with a free axis) are batched
+only with samples of the same shape.
 """
 from __future__ import annotations
 
@@ -14,17 +19,15 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config.schema import DatasetConfig, DatasetSource
+from ..config.schema import DatasetConfig, DatasetSource, Preprocess, TensorSpec
 from ..errors import PipelineError
 from ..io import sha256_bytes
+from .preprocess import preprocess_image
 from .resources import resolve_path
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 
 # Photographs bundled inside scikit-image's wheel (skimage/data), in a fixed order.
 PHOTOS = (
@@ -46,6 +49,8 @@ class Dataset:
     loader: Callable[[List[int], bool], Feeds]  # (indices, pad_to_max_length) -> feeds
     sample_bytes: Callable[[int], bytes]  # one sample's content, for manifests and overlap checks
     labels: Optional[np.ndarray] = None  # None: no task labels (agreement metrics only)
+    # A sample's input shapes, where samples differ (None: all alike): batches never mix two shapes.
+    shape_of: Optional[Callable[[int], Hashable]] = None
     _hashes: Dict[int, str] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -61,15 +66,23 @@ class Dataset:
         return self.loader(list(indices), pad_to_max_length)
 
     def fixed_batch(self, indices: Sequence[int], batch_size: int) -> Feeds:
-        """Exactly ``batch_size`` samples, cycling through ``indices``; text padded to max_length,
-        so timing runs see fixed shapes (e.g. batch x 128 tokens)."""
+        """Exactly ``batch_size`` samples, cycling through ``indices`` (those shaped like the first);
+        text padded to max_length, so timing runs see fixed shapes (e.g. batch x 128 tokens)."""
+        if self.shape_of is not None:
+            first = self.shape_of(indices[0])
+            indices = [i for i in indices if self.shape_of(i) == first]
         return self.load([indices[i % len(indices)] for i in range(batch_size)], pad_to_max_length=True)
 
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Tuple[List[int], Feeds]]:
-        indices = list(indices)
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            yield chunk, self.load(chunk)
+        """Chunks of at most ``batch_size`` in order; where sample shapes differ, each chunk holds one
+        shape (samples of a shape in their order, shapes in order of first appearance)."""
+        groups: Dict[Hashable, List[int]] = {}
+        for index in indices:
+            groups.setdefault(self.shape_of(index) if self.shape_of else None, []).append(index)
+        for group in groups.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                yield chunk, self.load(chunk)
 
 
 def _digits(name: str, cfg: DatasetConfig) -> Dataset:
@@ -91,7 +104,7 @@ def _digits(name: str, cfg: DatasetConfig) -> Dataset:
 
 @lru_cache(maxsize=None)
 def _photo(photo: str) -> np.ndarray:
-    """One bundled photograph as float32 RGB in [0, 1], shape (H, W, 3)."""
+    """One bundled photograph as uint8 RGB, shape (H, W, 3)."""
     from importlib.resources import files
 
     from PIL import Image
@@ -100,11 +113,11 @@ def _photo(photo: str) -> np.ndarray:
     if not path.is_file():
         raise PipelineError(f"photo_crops needs scikit-image's bundled photo {photo}; not found at {path}")
     with Image.open(str(path)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return np.asarray(image.convert("RGB"))
 
 
-def _photo_crop(seed: int, index: int, size: int) -> np.ndarray:
-    """Crop ``index``: a seeded photo, square window (20-100% of the short side), flip, resize."""
+def _photo_crop(seed: int, index: int, pre: Preprocess) -> np.ndarray:
+    """Crop ``index``: a seeded photo, square window (20-100% of the short side), flip, preprocess."""
     from PIL import Image
 
     rng = np.random.default_rng([seed, index])
@@ -116,9 +129,7 @@ def _photo_crop(seed: int, index: int, size: int) -> np.ndarray:
     crop = image[top : top + side, left : left + side]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    pil = Image.fromarray((crop * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
-    chw = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    return (chw - IMAGENET_MEAN) / IMAGENET_STD
+    return preprocess_image(Image.fromarray(np.ascontiguousarray(crop)), pre)
 
 
 def _photo_crop_name(seed: int, index: int) -> str:
@@ -127,13 +138,13 @@ def _photo_crop_name(seed: int, index: int) -> str:
 
 def _photo_crops(name: str, cfg: DatasetConfig) -> Dataset:
     def load(indices: List[int], _pad: bool) -> Feeds:
-        return {cfg.input_name: np.stack([_photo_crop(cfg.seed, i, cfg.image_size) for i in indices]).astype(np.float32)}
+        return {cfg.input_name: np.stack([_photo_crop(cfg.seed, i, cfg.preprocess) for i in indices])}
 
     return Dataset(
         name=name,
         ids=[f"photo_crops/{i}:{_photo_crop_name(cfg.seed, i)}" for i in range(cfg.num_samples)],
         loader=load,
-        sample_bytes=lambda i: _photo_crop(cfg.seed, i, cfg.image_size).tobytes(),
+        sample_bytes=lambda i: _photo_crop(cfg.seed, i, cfg.preprocess).tobytes(),
     )
 
 
@@ -188,36 +199,47 @@ def stdlib_sentences(min_words: int = 6, max_words: int = 40) -> Tuple[str, ...]
     return tuple(sorted(found))
 
 
-def _sentences(name: str, cfg: DatasetConfig) -> Dataset:
+def text_dataset(name: str, cfg: DatasetConfig, texts: Sequence[str], ids: List[str], inputs: Sequence[TensorSpec] = ()) -> Dataset:
+    """Texts tokenized with ``cfg.tokenizer``: the tokenizer's outputs the model takes (all of them
+    when the model's inputs are not given), in the model's integer types."""
     from transformers import AutoTokenizer
 
+    if not cfg.tokenizer:
+        raise PipelineError(f"dataset '{name}' is text: set dataset.{name}.tokenizer to the model's tokenizer (a folder or pkg://package/subdir)")
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_path(cfg.tokenizer)))
+    dtypes = {spec.name: spec.dtype for spec in inputs}
+    given = set(tokenizer.model_input_names)
+    missing = sorted(set(dtypes) - given)
+    if missing:
+        raise PipelineError(f"dataset '{name}': the tokenizer {cfg.tokenizer} gives {sorted(given)}, not the model's inputs {missing}")
+
+    def load(indices: List[int], pad_to_max_length: bool) -> Feeds:
+        encoded = tokenizer(
+            [texts[i] for i in indices], padding="max_length" if pad_to_max_length else "longest",
+            truncation=True, max_length=cfg.max_length, return_tensors="np",
+        )
+        return {key: np.asarray(value, dtype=dtypes.get(key, "int64")) for key, value in encoded.items() if not dtypes or key in dtypes}
+
+    return Dataset(name=name, ids=ids, loader=load, sample_bytes=lambda i: texts[i].encode("utf-8"))
+
+
+def _sentences(name: str, cfg: DatasetConfig, inputs: Sequence[TensorSpec]) -> Dataset:
     sentences = stdlib_sentences()
     if len(sentences) < cfg.num_samples:
         raise PipelineError(f"dataset '{name}': asked for {cfg.num_samples} sentences, the standard library gives {len(sentences)}")
     sentences = sentences[: cfg.num_samples]
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_path(cfg.tokenizer)))
-
-    def load(indices: List[int], pad_to_max_length: bool) -> Feeds:
-        encoded = tokenizer(
-            [sentences[i] for i in indices], padding="max_length" if pad_to_max_length else "longest",
-            truncation=True, max_length=cfg.max_length, return_tensors="np",
-        )
-        return {key: np.asarray(value, dtype=np.int64) for key, value in encoded.items()}
-
-    return Dataset(
-        name=name,
-        ids=[f"sentences/{i}" for i in range(len(sentences))],
-        loader=load,
-        sample_bytes=lambda i: sentences[i].encode("utf-8"),
-    )
+    return text_dataset(name, cfg, sentences, [f"sentences/{i}" for i in range(len(sentences))], inputs)
 
 
-_SOURCES = {
-    DatasetSource.sklearn_digits: _digits,
-    DatasetSource.photo_crops: _photo_crops,
-    DatasetSource.stdlib_sentences: _sentences,
-}
+def load_dataset(name: str, cfg: DatasetConfig, inputs: Sequence[TensorSpec] = ()) -> Dataset:
+    """The dataset ``cfg`` describes. ``inputs``, the model's input specs, lets the user's tensor and
+    text files be checked against (and cast to) what the model declares."""
+    from . import user_data
 
-
-def load_dataset(name: str, cfg: DatasetConfig) -> Dataset:
-    return _SOURCES[cfg.source](name, cfg)
+    if cfg.source == DatasetSource.sklearn_digits:
+        return _digits(name, cfg)
+    if cfg.source == DatasetSource.photo_crops:
+        return _photo_crops(name, cfg)
+    if cfg.source == DatasetSource.stdlib_sentences:
+        return _sentences(name, cfg, inputs)
+    return user_data.load_user_dataset(name, cfg, inputs)

@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference, version_converter
 
-from ..config.schema import ModelConfig
+from ..config.schema import ModelConfig, option_value
 from ..errors import PipelineError
+from ..similarity import class_axis_problem
 from ..io import atomic_path
 from .inspect import SOURCE_NODES_KEY, load_model, onnx_elem_type, real_inputs
 
@@ -30,20 +31,55 @@ def _dims(value: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
 
 
+def _constant_tensors(model: onnx.ModelProto):
+    """(name, tensor) of every weight and Constant node value, subgraphs included."""
+    def walk(graph: onnx.GraphProto):
+        for init in graph.initializer:
+            yield init.name, init
+        for node in graph.node:
+            for attribute in node.attribute:
+                if node.op_type == "Constant" and attribute.name == "value":
+                    yield node.output[0], attribute.t
+                subgraphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+                for sub in subgraphs:  # If / Loop / Scan bodies
+                    yield from walk(sub)
+
+    yield from walk(model.graph)
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+def infinite_constants(model: onnx.ModelProto) -> Dict[str, str]:
+    """Constants holding +-inf (a legitimate start value of a Max, a mask) -> the first node that reads them."""
+    readers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, node.name or node.op_type)
+    found = {}
+    for name, tensor in _constant_tensors(model):
+        if tensor.data_type in _FLOATS and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            values = numpy_helper.to_array(tensor)
+            if np.isinf(values).any():
+                found[name] = readers.get(name, "?")
+    return found
+
+
 def _check_contents(model: onnx.ModelProto, shown: str) -> None:
-    """Ops outside the standard domains and non-finite weights: refused before any conversion."""
+    """Ops outside the standard domains and NaN weights: refused before any conversion (+-inf is
+    allowed: the FP32 outputs on real samples must then be finite, checked at calibrate)."""
     custom = sorted({(n.domain, n.op_type, n.name) for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
     if custom:
         domain, op, node = custom[0]
         raise PipelineError(f"{shown} uses {domain}:{op} (node '{node}'{f' and {len(custom) - 1} more' if len(custom) > 1 else ''}), "
                             f"an op outside the ONNX standard that ONNX Runtime and TensorRT cannot run without its plugin; "
                             f"allowed op domains: ai.onnx, ai.onnx.ml, com.microsoft")
-    for init in model.graph.initializer:
-        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
-            values = numpy_helper.to_array(init)
-            if not np.all(np.isfinite(values)):
-                bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-                raise PipelineError(f"{shown}: weight '{init.name}' holds {bad} NaN/Inf value(s) of {values.size}; "
+    for name, tensor in _constant_tensors(model):
+        if tensor.data_type in _FLOATS and tensor.data_location != onnx.TensorProto.EXTERNAL:
+            values = numpy_helper.to_array(tensor)
+            bad = int(np.isnan(values).sum())
+            if bad:
+                raise PipelineError(f"{shown}: weight '{name}' holds {bad} NaN value(s) of {values.size}; "
                                     f"no precision can calibrate or run it: re-export the model from finite weights")
 
 
@@ -99,7 +135,8 @@ def _check_interface(model: onnx.ModelProto, cfg: ModelConfig, model_name: str, 
 def _fixed_batch(model: onnx.ModelProto, cfg: ModelConfig, model_name: str, shown: str) -> Optional[int]:
     """The batch the file fixes on inputs the config declares dynamic (None: nothing to change)."""
     declared = {spec.name: spec for spec in cfg.inputs}
-    fixed = {value.name: _dims(value)[0] for value in real_inputs(model) if declared[value.name].shape[0] < 0 and _dims(value)[0] >= 0}
+    fixed = {value.name: _dims(value)[0] for value in real_inputs(model)
+             if declared[value.name].batch and declared[value.name].shape and declared[value.name].shape[0] < 0 and _dims(value)[0] >= 0}
     if not fixed:
         return None
     name, batch = sorted(fixed.items())[0]
@@ -123,7 +160,7 @@ def _shape_constants(model: onnx.ModelProto) -> Dict[str, tuple]:
     return found
 
 
-def _make_batch_dynamic(model: onnx.ModelProto, batch: int) -> dict:
+def _make_batch_dynamic(model: onnx.ModelProto, batch: int, unbatched: set) -> dict:
     """Relabel axis 0 of inputs and outputs, and rewrite Reshape targets that write the old batch
     literally (e.g. [1, 9216]) to copy it from their input instead (0; -1 where allowzero is set)."""
     try:
@@ -153,7 +190,7 @@ def _make_batch_dynamic(model: onnx.ModelProto, batch: int) -> dict:
         rewritten.append(node.name or node.output[0])
     for value in list(model.graph.input) + list(model.graph.output):
         shape = value.type.tensor_type.shape
-        if shape.dim:
+        if shape.dim and value.name not in unbatched:
             shape.dim[0].Clear()
             shape.dim[0].dim_param = "batch"
     del model.graph.value_info[:]  # stale static shapes; simplify re-infers them
@@ -172,7 +209,7 @@ def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str, shown: str = ""
     _check_interface(model, cfg, model_name, shown)
     batch = _fixed_batch(model, cfg, model_name, shown)
     if batch is not None:
-        changes.update(_make_batch_dynamic(model, batch))
+        changes.update(_make_batch_dynamic(model, batch, {spec.name for spec in cfg.inputs if not spec.batch}))
     declared = {spec.name: spec for spec in cfg.inputs}
     for value in model.graph.input:  # open dims the config names get its names, so profiles can refer to them
         if value.name in declared:
@@ -186,46 +223,99 @@ def normalize_onnx(src: Path, cfg: ModelConfig, model_name: str, shown: str = ""
     return model, changes
 
 
-def probe(model: onnx.ModelProto, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, dataset_name: str, shown: str) -> None:
-    """Run ``feeds`` (a batch of real dataset samples) through the model with ONNX Runtime: names,
-    ranks, sizes and a batch larger than the file's own, checked before any later stage relies on them."""
+def probe_feeds(cfg: ModelConfig, batch: int, seed: int = 0) -> Optional[Dict[str, np.ndarray]]:
+    """Synthetic feeds of the declared shapes and dtypes (``batch`` on batch axes; other free axes the
+    first profile's opt), or None where a free axis has no size to take: a structural probe that
+    needs no data, so importing the file does not depend on the dataset."""
+    opt = cfg.profiles[0].opt if cfg.profiles else {}
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in cfg.inputs:
+        shape = []
+        for axis, dim in enumerate(spec.shape):
+            if dim >= 0:
+                shape.append(dim)
+            elif axis == 0 and spec.batch:
+                shape.append(batch)
+            elif spec.axis_name(axis) in opt:
+                shape.append(opt[spec.axis_name(axis)])
+            else:
+                return None
+        dtype = np.dtype(spec.dtype)
+        feeds[spec.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+    return feeds
+
+
+def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
-    inputs = [i.name for i in real_inputs(model)]
-    if sorted(feeds) != sorted(inputs):
-        raise PipelineError(f"dataset '{dataset_name}' feeds inputs {sorted(feeds)}; the model's inputs are {sorted(inputs)}: "
-                            f"name the model's input in dataset.{dataset_name}.input_name (image datasets) or pick a dataset "
-                            f"that feeds {sorted(inputs)} with model.{model_name}.dataset")
-    declared = {spec.name: spec for spec in cfg.inputs}
-    for name, value in feeds.items():
-        want = declared[name].shape
-        if value.ndim != len(want) or any(w >= 0 and w != h for w, h in zip(want, value.shape)):
-            raise PipelineError(f"dataset '{dataset_name}' gives input '{name}' samples of shape {list(value.shape)}; "
-                                f"model.{model_name}.inputs declares {want}: they must agree (e.g. dataset.{dataset_name}.image_size)")
-    batch = len(next(iter(feeds.values())))
-    hint = (f"; its batch was made dynamic (model.{model_name}.dynamic_batch=true) but a node still assumes the file's own batch: "
-            f"fix it in the exporter, or declare the fixed batch in model.{model_name}.inputs with dynamic_batch=false") if batch > 1 else ""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def probe(model: onnx.ModelProto, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, shown: str, source: str) -> None:
+    """Run ``feeds`` through the model with ONNX Runtime: a batch larger than the file's own, and the
+    batch axis of every output, checked before any later stage relies on them. ``source`` says
+    where the feeds came from."""
+    batch = max((len(feeds[spec.name]) for spec in cfg.inputs if spec.batch and spec.shape), default=1)
+    hint = (f"; its batch was made dynamic (model.{model_name}.dynamic_batch=true) but a node still assumes the file's own batch: "
+            f"fix it in the exporter, or declare the fixed batch in model.{model_name}.inputs with dynamic_batch=false") if batch > 1 else ""
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = _session(model)
         outputs = session.run(None, feeds)
     except Exception as exc:  # ONNX Runtime names the failing node in its message
         first = str(exc).strip().splitlines()[0][:500]
-        raise PipelineError(f"{shown} does not run on a batch of {batch} real samples from dataset '{dataset_name}': {first}{hint}") from exc
+        raise PipelineError(f"{shown} does not run on a batch of {batch} {source}: {first}{hint}") from exc
+    if cfg.one_sample_at_a_time:
+        return  # outputs of a one-sample model may have no batch axis (a returned state)
     for name, value in zip([o.name for o in session.get_outputs()], outputs):
         if value.ndim == 0 or value.shape[0] != batch:
-            raise PipelineError(f"{shown} gives output '{name}' of shape {list(value.shape)} for a batch of {batch} real samples "
-                                f"from dataset '{dataset_name}': its axis 0 must be the batch{hint}")
-        if not np.all(np.isfinite(value)):
-            raise PipelineError(f"{shown} gives NaN/Inf in output '{name}' on real samples from dataset '{dataset_name}'")
+            raise PipelineError(f"{shown} gives output '{name}' of shape {list(value.shape)} for a batch of {batch} {source}: "
+                                f"its axis 0 must be the batch{hint}")
 
 
-def import_onnx(src: Path, cfg: ModelConfig, model_name: str, out_path: Path, feeds: Dict[str, np.ndarray], dataset_name: str,
-                shown: str = "") -> dict:
+def check_data_fits(model_path: Path, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, dataset_name: str) -> None:
+    """Real samples against the model: names, dtypes and shapes as declared, a run, and finite FP32
+    outputs (a +-inf constant is allowed only where it does not reach them)."""
+    model = onnx.load(str(model_path))
+    inputs = [i.name for i in real_inputs(model)]
+    if sorted(feeds) != sorted(inputs):
+        raise PipelineError(f"dataset '{dataset_name}' feeds inputs {sorted(feeds)}; the model's inputs are {sorted(inputs)}: "
+                            f"name the model's input in dataset.{dataset_name}.input_name (image datasets), store arrays named "
+                            f"{sorted(inputs)} (tensor_files), or pick a dataset that feeds them with model.{model_name}.dataset")
+    for spec in cfg.inputs:
+        value = feeds[spec.name]
+        if value.dtype != np.dtype(spec.dtype):
+            raise PipelineError(f"dataset '{dataset_name}' gives input '{spec.name}' as {value.dtype}; model.{model_name}.inputs declares "
+                                f"{spec.dtype} (image datasets: dataset.{dataset_name}.preprocess.dtype; tensor files: the stored dtype)")
+        want = spec.shape
+        if value.ndim != len(want) or any(w >= 0 and w != h for w, h in zip(want, value.shape)):
+            raise PipelineError(f"dataset '{dataset_name}' gives input '{spec.name}' samples of shape {list(value.shape)}; "
+                                f"model.{model_name}.inputs declares {want}: they must agree (e.g. dataset.{dataset_name}.preprocess.size)")
+    shown = f"model '{model_name}'"
+    probe(model, feeds, cfg, model_name, shown, f"real samples from dataset '{dataset_name}'")
+    outputs = _session(model).run(None, feeds)
+    if option_value(cfg.task) in ("classification", "sequence"):  # argmax over an axis of size 1 would agree whatever the output
+        problem = class_axis_problem(model.graph.output[0].name, outputs[0].shape, cfg.class_axis, option_value(cfg.task))
+        if problem:
+            raise PipelineError(f"{problem} (model.{model_name}.task, model.{model_name}.class_axis)")
+    for output, value in zip(model.graph.output, outputs):
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            infinite = infinite_constants(model)
+            cause = (f"; the graph holds +-inf constants ({', '.join(f'{k} read by node {v}' for k, v in sorted(infinite.items())[:3])}) "
+                     f"that reach it" if infinite else "")
+            raise PipelineError(f"{shown} gives NaN/Inf in output '{output.name}' on real samples from dataset '{dataset_name}' in FP32{cause}")
+
+
+def import_onnx(src: Path, cfg: ModelConfig, model_name: str, out_path: Path, shown: str = "") -> dict:
+    """The user's file normalised and probed with synthetic feeds of the declared shapes (real data is
+    checked at calibrate, so adding samples reruns calibrate onwards, not the import)."""
     shown = shown or str(src)
     model, changes = normalize_onnx(src, cfg, model_name, shown)
-    probe(model, feeds, cfg, model_name, dataset_name, shown)
+    feeds = probe_feeds(cfg, cfg.batch_size(2))
+    if feeds is not None:
+        probe(model, feeds, cfg, model_name, shown, f"synthetic samples of the declared shapes (model.{model_name}.inputs)")
     model.producer_name, model.producer_version = "trt-pipeline", ""
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))

@@ -120,7 +120,8 @@ def read_config(path: Path):
     return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2().ModelConfig())
 
 
-def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, warmup: Dict[str, np.ndarray], parameters: Dict[str, str]):
+def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, warmup: List[Dict[str, np.ndarray]],
+                 parameters: Dict[str, str]):
     pb = model_config_pb2()
     config = pb.ModelConfig(name=name, max_batch_size=max_batch)
     for info, field in [(i, config.input) for i in inputs] + [(o, config.output) for o in outputs]:
@@ -128,12 +129,12 @@ def _base_config(name: str, inputs: List[TensorInfo], outputs: List[TensorInfo],
     if max_batch:
         config.dynamic_batching.SetInParent()
     config.version_policy.latest.num_versions = 1
-    for index in range(len(next(iter(warmup.values()))) if warmup else 0):  # one step per real sample
+    for index, request in enumerate(warmup):  # one step per real sample, fed as a client sends it
         step = config.model_warmup.add(name=f"validation_sample_{index}", batch_size=1, count=1)
         for info in inputs:
-            sample = warmup[info.name][index]
+            value = request[info.name]
             step.inputs[info.name].data_type = getattr(pb.DataType, triton_dtype(info.dtype))
-            step.inputs[info.name].dims.extend(sample.shape if max_batch else (1, *sample.shape))  # no batch axis: full dims
+            step.inputs[info.name].dims.extend(value.shape[1:] if max_batch else value.shape)  # max_batch_size 0: full dims
             step.inputs[info.name].input_data_file = _warmup_file(info.name, index)
     for key, value in sorted(parameters.items()):
         config.parameters[key].string_value = value
@@ -149,18 +150,18 @@ def _warmup_file(input_name: str, index: int) -> str:
     return f"{safe}_{index}"
 
 
-def _warmup_files(model_dir: Path, warmup: Dict[str, np.ndarray]) -> None:
+def _warmup_files(model_dir: Path, warmup: List[Dict[str, np.ndarray]]) -> None:
     """Triton reads warm-up inputs as raw little-endian bytes from <model>/warmup/<file>."""
     folder = model_dir / "warmup"
     folder.mkdir(parents=True)
-    for name, batch in warmup.items():
-        for index, sample in enumerate(batch):
-            (folder / _warmup_file(name, index)).write_bytes(np.ascontiguousarray(sample).tobytes())
+    for index, request in enumerate(warmup):
+        for name, value in request.items():
+            (folder / _warmup_file(name, index)).write_bytes(np.ascontiguousarray(value).tobytes())
 
 
 def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int],
                        inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, batching: Batching, threads: int,
-                       warmup: Dict[str, np.ndarray], fingerprint: Dict[str, str], cuda_graphs: bool = False) -> Dict[str, Path]:
+                       warmup: List[Dict[str, np.ndarray]], fingerprint: Dict[str, str], cuda_graphs: bool = False) -> Dict[str, Path]:
     """``out/native/<name>`` and ``out/python/<name>``; returns the config.pbtxt of each form."""
     pb = model_config_pb2()
     kind = pb.ModelInstanceGroup.KIND_GPU if device == Device.cuda else pb.ModelInstanceGroup.KIND_CPU

@@ -20,7 +20,7 @@ from ..paths import build_paths, model_paths
 def benchmark(ctx: BuildContext) -> list:
     cfg = ctx.config
     paths = build_paths(cfg, ctx.name)
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation
 
     def feeds(batch_size: int) -> dict:

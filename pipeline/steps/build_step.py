@@ -1,9 +1,9 @@
 """build: the engine for one build, through its target's backend."""
 from __future__ import annotations
 
-from ..backends import BuildRequest, get_backend
+from ..backends import SIDECAR, BuildRequest, get_backend
 from ..config.load import BuildContext
-from ..io import atomic_dir, require_file, sha256_json
+from ..io import atomic_dir, require_file, sha256_json, write_json
 from ..paths import build_paths
 
 
@@ -21,4 +21,9 @@ def build(ctx: BuildContext) -> dict:
             precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()), build_name=ctx.name,
         )
         sidecar = backend.build(request)
+        # Whoever serves the artifact must feed it as it was calibrated and validated.
+        preprocess = ctx.image_preprocess()
+        if preprocess is not None:
+            sidecar["preprocess"] = preprocess
+            write_json(out / SIDECAR, sidecar)
     return sidecar

@@ -24,6 +24,9 @@ def calibrate(ctx: BuildContext) -> dict:
     paths = build_paths(cfg, ctx.name)
     source = require_file(model_paths(cfg, ctx.entry.model).simplified, "simplified ONNX")
     mode = ctx.precision.mode
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
+    splits = make_splits(dataset, ctx.dataset)
+    _check_data_fits(ctx, source, dataset, splits)
     with atomic_dir(paths.calibrated_dir) as out, scratch_dir(paths.calibrated_dir) as scratch:
         model_out, manifest_out = out / paths.calibrated.name, out / paths.manifest.name
         report: dict = {"build": ctx.name, "precision": ctx.precision_name, "mode": mode.value}
@@ -36,7 +39,7 @@ def calibrate(ctx: BuildContext) -> dict:
             report["autocast"] = autocast_file(source, model_out, ctx.precision.dtype.value)
             write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
         else:
-            report.update(_quantize(ctx, source, out, scratch))
+            report.update(_quantize(ctx, source, dataset, splits, out, scratch))
         # Durations differ run to run: they are metrics, so the artifact stays byte-identical and DVC
         # skips the build when nothing else changed.
         seconds = {key: report.pop(key) for key in [k for k in report if k.endswith("_seconds") or k == "layer_speed"]}
@@ -45,13 +48,22 @@ def calibrate(ctx: BuildContext) -> dict:
     return {**report, **seconds}
 
 
+def _check_data_fits(ctx: BuildContext, source: Path, dataset, splits) -> None:
+    """The first training batch against the FP32 model, for every precision: a dataset that feeds
+    other names, dtypes or shapes, or FP32 outputs that are not finite, fail here naming what was wrong."""
+    from ..onnx_tools.byo import check_data_fits
+
+    first = next(iter(dataset.batches(splits.train, ctx.model.batch_size(2))))[0]
+    check_data_fits(source, dataset.load(first), ctx.model, ctx.entry.model, ctx.entry.dataset)
+
+
 def _uses_dynamic_ranges(ctx: BuildContext) -> bool:
     """Dynamic activation ranges where the model asks for them and the target runs them (ONNX Runtime on the CPU)."""
     return (ctx.model.int8_activations == ActivationRanges.dynamic and ctx.target.backend == Backend.onnxruntime
             and ctx.target.device == Device.cpu and ctx.precision.dtype == ElementType.int8)
 
 
-def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict:
+def _quantize(ctx: BuildContext, source: Path, dataset, splits, out: Path, scratch: Path) -> dict:
     from ..onnx_tools.inspect import load_model
     from ..onnx_tools.quantize import qdq_summary
 
@@ -77,8 +89,6 @@ def _quantize(ctx: BuildContext, source: Path, out: Path, scratch: Path) -> dict
         report["transformer_fusions"] = fuse_transformer(source, scratch / "fused.onnx", fusions.model_type, fusions.num_heads, fusions.hidden_size,
                                                          fusions.gelu_approximation)
         source = scratch / "fused.onnx"
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
-    splits = make_splits(dataset, ctx.dataset)
     indices = calibration_indices(splits, calibration.num_samples, calibration.seed, dataset.name)
     check_disjoint(dataset, indices, splits.validation)
     search = calibration.search
@@ -234,9 +244,9 @@ def _search_exclusions(ctx, reference_path, source, model_out, dataset, search_s
     target_gates = with_headroom(ctx.model.gates, search.headroom)
 
     def judge() -> tuple:
-        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, search_samples, ctx.model.task,
+        metrics = evaluate(load_onnx_runner(model_out, level=level), reference, dataset, search_samples, ctx.model,
                            batch_size=ctx.model.batch_size(64))
-        summary = {k: metrics[k] for k in ("accuracy_drop", "top1_agreement", "cosine_mean", "retrieval_agreement") if k in metrics}
+        summary = {k: metrics[k] for k in ("accuracy_drop", "top1_agreement", "cosine_mean", "retrieval_agreement", "topk_agreement") if k in metrics}
         return summary, check_gates(metrics, target_gates)
 
     metrics, failures = judge()

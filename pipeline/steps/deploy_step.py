@@ -20,12 +20,12 @@ def deploy(ctx: BuildContext, repository: Path, http: str, grpc: str, name: str 
     """Deploy the build's package as the next version of the served model ``name`` (default: the model's name)."""
     serving = ctx.config.serving
     package = python_package(ctx)  # first: a build this host cannot serve fails before anything loads
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
     reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified)
 
     def smoke_check(candidate, grpc_url: str, model: str) -> list:
-        metrics = evaluate(candidate, reference, dataset, validation, ctx.model.task, batch_size=ctx.model.batch_size(min(serving.max_batch_size, 16)))
+        metrics = evaluate(candidate, reference, dataset, validation, ctx.model, batch_size=ctx.model.batch_size(min(serving.max_batch_size, 16)))
         reasons = check_gates(metrics, ctx.model.gates)
         load = closed_loop(grpc_url, model, [dataset.load([i]) for i in validation], max(serving.concurrency), min(serving.seconds_per_level, 2.0))
         if load["errors"]:

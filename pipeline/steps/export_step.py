@@ -14,13 +14,8 @@ def export(cfg: PipelineConfig, ctx: ModelContext) -> None:
     if ctx.model.source == ModelSource.onnx:
         from ..onnx_tools.byo import import_onnx
 
-        from ..data import load_dataset
-
-        # A batch of real samples runs through the result before any later stage relies on it
-        # (larger than the file's own batch unless the model fixes a batch of one).
-        feeds = load_dataset(ctx.dataset_name, ctx.dataset).load(list(range(ctx.model.batch_size(2))))
-        changes = import_onnx(require_file(paths.source_onnx, "prepared ONNX"), ctx.model, ctx.name, paths.exported, feeds,
-                              ctx.dataset_name, shown=ctx.model.weights_path)
+        changes = import_onnx(require_file(paths.source_onnx, "prepared ONNX"), ctx.model, ctx.name, paths.exported,
+                              shown=ctx.model.weights_path)
         console.print(f"  imported {ctx.model.weights_path}: {changes or 'no changes needed'}")
         return
     from ..models import build_torch_model, load_checkpoint

@@ -2,6 +2,7 @@
 batching configured, or found by the batching search when serving.search.enabled."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,22 +24,25 @@ def package(ctx: BuildContext) -> dict:
     sidecar = get_backend(ctx.target.backend).read_sidecar(paths.engine_dir, ctx.artifact_identity())
     if "output_specs" not in sidecar:
         raise PipelineError(f"{paths.engine_dir} has no output specs in its sidecar: rebuild it (dvc repro build@{ctx.name})")
-    batch_axes = {i["shape"][0] for i in sidecar["inputs"]}
+    batched = {spec.name for spec in ctx.model.inputs if spec.batch}
+    batch_axes = {i["shape"][0] for i in sidecar["inputs"] if i["name"] in batched and i["shape"]}
     if batch_axes not in ({-1}, {1}):
         raise PipelineError(f"{ctx.name} has batch dimensions {sorted(batch_axes)}; Triton serves a dynamic batch axis, or a model fixed to one sample")
-    if batch_axes == {1}:  # one sample per request, nothing to batch: Triton's max_batch_size 0 with the full dims
+    if ctx.model.one_sample_at_a_time:  # one sample per request, nothing to batch: Triton's max_batch_size 0 with the full dims
         max_batch, cut = 0, 0
     else:
         profile_max = min((p["max"][0] for profile in sidecar.get("profiles", []) for p in profile.values()), default=serving.max_batch_size)
         max_batch, cut = min(serving.max_batch_size, profile_max), 1
     inputs = [TensorInfo(i["name"], i["dtype"], list(i["shape"][cut:])) for i in sidecar["inputs"]]
     outputs = [TensorInfo(o["name"], o["dtype"], list(o["shape"][cut:])) for o in sidecar["output_specs"]]
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation
-    warmup = dataset.load(validation[: serving.warmup_samples]) if serving.warmup_samples else {}
+    warmup = [dataset.load([index]) for index in validation[: serving.warmup_samples]]  # one request each
     fingerprint = {"pipeline_build": ctx.name, "pipeline_precision": ctx.precision_name, "pipeline_target": ctx.entry.target,
                    "pipeline_config_hash": sidecar.get("config_hash", ""), "pipeline_artifact_sha256": sidecar["artifact_sha256"],
                    "pipeline_versions": ",".join(f"{k}={v}" for k, v in sorted(sidecar.get("versions", {}).items()))}
+    if sidecar.get("preprocess"):  # how the server's clients must prepare images (the sidecar's record)
+        fingerprint["pipeline_preprocess"] = json.dumps(sidecar["preprocess"], sort_keys=True)
     configured = Batching.configured(serving)
     with atomic_dir(paths.serving_dir) as out:
         written = write_repositories(out, ctx.name, paths.engine_dir, sidecar, ctx.target.device, serving.gpus, inputs, outputs,

@@ -32,7 +32,7 @@ def prepare(cfg: PipelineConfig, ctx: ModelContext) -> None:
             return
         from ..models import prepare_checkpoint
 
-        dataset = load_dataset(ctx.dataset_name, ctx.dataset)
+        dataset = load_dataset(ctx.dataset_name, ctx.dataset, ctx.model.inputs)
         splits = make_splits(dataset, ctx.dataset)
         prepare_checkpoint(ctx.model, dataset, splits, out / paths.checkpoint.name, progress=lambda line: console.print(f"  {line}"))
 

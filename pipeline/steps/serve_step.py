@@ -50,7 +50,7 @@ def serve(ctx: BuildContext) -> dict:
     cfg, serving = ctx.config, ctx.config.serving
     paths = build_paths(cfg, ctx.name)
     python_package(ctx)  # a build this host cannot serve, or one not packaged, fails before anything loads
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
     samples = [dataset.load([index]) for index in validation]
     with get_backend(ctx.target.backend).load(paths.engine_dir, expect=ctx.artifact_identity()) as offline:

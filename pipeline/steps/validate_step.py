@@ -18,7 +18,7 @@ def validate(ctx: BuildContext) -> dict:
     """Metrics first, then the gates: a missed gate keeps its metrics and raises."""
     cfg = ctx.config
     paths = build_paths(cfg, ctx.name)
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset)
+    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     splits = make_splits(dataset, ctx.dataset)
     manifest = read_json(require_file(paths.manifest, "calibration manifest"))
     validation_ids = {dataset.ids[i] for i in splits.validation}
@@ -31,7 +31,7 @@ def validate(ctx: BuildContext) -> dict:
     reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
     with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner, progress_bar() as progress:
         task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
-        metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model.task, batch_size=ctx.model.batch_size(64),
+        metrics = evaluate(runner, reference, dataset, splits.validation, ctx.model, batch_size=ctx.model.batch_size(64),
                            on_batch=lambda n: progress.advance(task, n))
     if ctx.target.device == Device.cpu:  # INT8 numerics depend on the ISA: say which one ran
         metrics["host"], warning = isa_report(ctx.entry.target, ctx.target.cpu_isa)

