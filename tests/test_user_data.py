@@ -29,7 +29,7 @@ def _config(tmp_path, model_path, dataset: str, inputs: str, outputs: str, *extr
         f"model.onnx_file.dataset={dataset}", f"model.onnx_file.inputs={inputs}", f"model.onnx_file.outputs={outputs}",
         "model.onnx_file.gates.max_accuracy_drop=null", "model.onnx_file.gates.min_top1_agreement=null",
         "calibration.num_samples=40", "calibration.search.enabled=false", f"dataset.{dataset}.num_validation=20",
-        "benchmark=quick", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}", *extra)
+        "benchmark=quick", "serving.agreement_samples=16", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}", *extra)
 
 
 def _build_and_validate(cfg, precision: str, *more_steps):
@@ -195,7 +195,7 @@ def test_an_int64_input_and_a_state_without_batch_axis_go_through_every_stage_fr
     from pipeline.serving.repository import read_config
 
     config = read_config(build_paths(cfg, "onnx_file-cpu-int8").serving_dir / "python" / "onnx_file-cpu-int8" / "config.pbtxt")
-    assert config.max_batch_size == 0 and {i.name: list(i.dims) for i in config.input} == {"tokens": [1, 6], "state": [8]}
+    assert config.max_batch_size == 0 and {i.name: list(i.dims) for i in config.input} == {"tokens": [-1, 6], "state": [8]}
     quick = dataclasses.replace(cfg.serving, concurrency=[2], seconds_per_level=0.5, agreement_samples=8,
                                 server_scenario=dataclasses.replace(cfg.serving.server_scenario, enabled=False))
     served = steps.serve(dataclasses.replace(resolve_build(cfg, "onnx_file-cpu-int8"), config=dataclasses.replace(cfg, serving=quick)))
@@ -267,3 +267,27 @@ def test_too_few_samples_and_a_dtype_the_model_does_not_take_are_named(tmp_path)
 
     with pytest.raises(PipelineError, match=r"calibration.num_samples=500 but the calibration split of 'some' has only 20 samples"):
         calibration_indices(make_splits(dataset, DatasetConfig(num_validation=10)), 500, 0, "some")
+
+
+@pytest.mark.slow
+def test_adding_an_image_reruns_calibrate_and_nothing_upstream_of_it(tmp_path):
+    """The folder is a DVC dependency by content, of calibrate onwards only: the import of the model does
+    not read data, so it stays cached."""
+    from .test_dvc_pipeline import project_repo, ran, run
+
+    write_images(tmp_path / "images", 70, size=(64, 64))
+    model = small_classifier(tmp_path / "classifier.onnx")
+    root = project_repo(tmp_path / "repo", "model=[onnx_file]", "dataset=[image_folder]", "precision=[int8]",
+                        f"model.onnx_file.weights_path={model}", "model.onnx_file.dataset=image_folder",
+                        "model.onnx_file.inputs=[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]",
+                        "model.onnx_file.gates.max_accuracy_drop=null", f"dataset.image_folder.path={tmp_path / 'images'}",
+                        "dataset.image_folder.num_validation=20", "dataset.image_folder.preprocess.size=[64,64]",
+                        "calibration.num_samples=40", "calibration.search.enabled=false", "serving.agreement_samples=16")
+    stage = "calibrate@onnx_file-cpu-int8"
+    first = run(root, "dvc", "repro", stage)
+    assert {"prepare@onnx_file", "export@onnx_file", "simplify@onnx_file", stage} <= ran(first)
+    manifest = read_json(root / "artifacts" / "builds" / "onnx_file-cpu-int8" / "calibrated" / "manifest.json")
+    assert manifest["num_samples"] == 40 and all(s["id"].startswith("image_folder/img_") for s in manifest["samples"])
+    assert ran(run(root, "dvc", "repro", stage)) == set()
+    write_images(tmp_path / "images" / "more", 1, size=(64, 64), seed=9)
+    assert ran(run(root, "dvc", "repro", stage)) == {stage}

@@ -42,6 +42,7 @@ class TritonPythonModel:
         # A runner with a session per shape (ONNX Runtime on CUDA, whose convolutions are set up again at
         # every change of shape: 0.1-0.2 s a ResNet-50 batch on an H200) gets every batch padded up to a
         # power of two or the largest batch, each size run once here, before any request arrives.
+        self.batched = int(config.get("max_batch_size", 0)) > 0
         self.buckets = batch_buckets(int(config.get("max_batch_size", 0))) if isinstance(self.runner, RunnerPerShape) else []
         self.padded = {}  # (input, size) -> the batch array reused by every batch of that size
         if all(-1 not in spec.shape[1:] for spec in self.runner.inputs):
@@ -52,6 +53,10 @@ class TritonPythonModel:
     def execute(self, requests):
         started = time.perf_counter()
         feeds = [{name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names} for request in requests]
+        if not self.batched:  # max_batch_size 0: each request is one sample with full dims (inputs without a batch axis too)
+            return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(value))
+                                                               for name, value in self.runner.run(feed).items() if name in self.output_names])
+                    for feed in feeds]
         counts = [len(feed[self.input_names[0]]) for feed in feeds]
         total = sum(counts)
         size = next((bucket for bucket in self.buckets if bucket >= total), total)
