@@ -54,6 +54,7 @@ serve: run
 
 bench: run
 	$(BIN)/python scripts/benchmarks.py --cold --issue4 --serving --cpu-target
+	$(BIN)/python scripts/image_loading.py
 
 clean:
 	rm -rf artifacts metrics plots reports dvc.lock

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from .conftest import REPO
+from .user_models import small_classifier, write_images
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +115,9 @@ def observed(tmp_path_factory, legacy_onnx):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     _run(root, "dvc", "init", "-q", "--no-scm")
+    user_files = tmp_path_factory.mktemp("user_files")
+    user_model, user_images = small_classifier(user_files / "classifier.onnx"), user_files / "images"
+    write_images(user_images, 70, size=(64, 64))
     configurations = [
         (["model=[digits_cnn,onnx_file]", f"model.onnx_file.weights_path={legacy_onnx}", "dataset=[digits]", "benchmark=quick",
           "serving.concurrency=[1,4]", "serving.seconds_per_level=0.5", "serving.server_scenario.seconds_per_rate=0.5"], None),
@@ -125,9 +129,16 @@ def observed(tmp_path_factory, legacy_onnx):
         # Dynamic INT8 ranges and the per-layer speed guard (on the portable target, so any host times layers).
         (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "model.digits_cnn.int8_activations=dynamic",
           "target.cpu.quantization.min_layer_speedup=1.02"], {"calibrate"}),
+        # The user's own images: a folder outside the project, a dependency of the stages that read data.
+        (["model=[onnx_file]", f"model.onnx_file.weights_path={user_model}", "model.onnx_file.dataset=image_folder", "dataset=[image_folder]",
+          "precision=[int8]", "model.onnx_file.inputs=[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]",
+          "model.onnx_file.gates.max_accuracy_drop=null", f"dataset.image_folder.path={user_images}", "dataset.image_folder.num_validation=20",
+          "dataset.image_folder.preprocess.size=[64,64]", "calibration.num_samples=40", "calibration.search.enabled=false",
+          "serving.agreement_samples=8", "serving.warmup_samples=2", "benchmark=quick"],
+         {"prepare", "export", "simplify", "environment", "calibrate", "build", "validate", "benchmark", "package"}),
     ]
     declared, seen = defaultdict(lambda: defaultdict(set)), defaultdict(lambda: defaultdict(set))
-    env = dict(os.environ, PYTHONPATH=str(root), STAGE_READS_ALSO=str(legacy_onnx.parent),
+    env = dict(os.environ, PYTHONPATH=str(root), STAGE_READS_ALSO=os.pathsep.join([str(legacy_onnx.parent), str(user_files)]),
                TRT_PIPELINE_SERVING_ENV=str((REPO / ".venv-serving").resolve()))
     for overrides, only in configurations:
         # The speed gate runs (its reads are recorded) with a limit no machine misses.
@@ -139,6 +150,8 @@ def observed(tmp_path_factory, legacy_onnx):
         names.update({p: "<precision>" for p in params["precision"]})
         names.update({d: "<dataset>" for d in params["dataset"]})
         names[str(legacy_onnx)] = "<user file>"
+        names[str(user_model)] = "<user file>"
+        names[str(user_images)] = "<user data>"
         for stage in _declared(root):
             kind = stage["name"].split("@")[0]
             if only and kind not in only:
@@ -220,6 +233,7 @@ def test_the_recorder_sees_what_it_must(observed):
     assert "<user file>" in seen["prepare"]["files"]
     assert "artifacts/models/<model>/simplified.onnx" in seen["validate"]["files"]  # ONNX Runtime reads it
     assert "calibration.method" in seen["calibrate"]["params"] and "builds" in seen["report"]["params"]
+    assert any(read.startswith("<user data>/") for read in seen["calibrate"]["files"]), "the user's images are read and declared"
 
 
 def test_replacing_the_users_model_file_in_place_reruns_its_stages(observed, legacy_onnx, tmp_path):

@@ -81,13 +81,15 @@ def test_an_image_folder_is_sorted_drawn_by_seed_labelled_by_subfolders_and_chec
     table.write_text("file,label\n" + "".join(f"{i.split('/', 1)[1]},{'dog' if 'cat' in i else 'other'}\n" for i in dataset.ids))
     by_csv = load_dataset("mine", dataclasses.replace(cfg, labels=str(table)))
     assert list(by_csv.labels) == [0 if "cat" in i else 1 for i in dataset.ids]
-    # A corrupt file is named when the dataset is opened (free axes read headers) or when decoded.
+    # A file that is no image is named when the dataset opens; one whose pixels are cut short, when decoded.
     (tmp_path / "images" / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(PipelineError, match=r"broken\.jpg: cannot decode"):
-        broken = load_dataset("mine", dataclasses.replace(cfg, labels=None))
-        broken.load([broken.ids.index("mine/cat/broken.jpg")])
     with pytest.raises(PipelineError, match=r"broken\.jpg: not a readable image"):
-        load_dataset("mine", dataclasses.replace(cfg, labels=None, preprocess=Preprocess(size=[32, -1])))
+        load_dataset("mine", dataclasses.replace(cfg, labels=None))
+    whole = (tmp_path / "images" / "cat" / "img_0000.jpg").read_bytes()
+    (tmp_path / "images" / "cat" / "broken.jpg").write_bytes(whole[: len(whole) * 4 // 5])  # the header intact, the pixels cut short
+    truncated = load_dataset("mine", dataclasses.replace(cfg, labels=None))
+    with pytest.raises(PipelineError, match=r"broken\.jpg: cannot decode"):
+        truncated.load([truncated.ids.index("mine/cat/broken.jpg")])
     with pytest.raises(PipelineError, match=r"labels.csv has no label for 1 image\(s\) of .* e\.g\. 'cat/broken\.jpg'"):
         load_dataset("mine", dataclasses.replace(cfg, labels=str(table)))
 
@@ -291,3 +293,69 @@ def test_adding_an_image_reruns_calibrate_and_nothing_upstream_of_it(tmp_path):
     assert ran(run(root, "dvc", "repro", stage)) == set()
     write_images(tmp_path / "images" / "more", 1, size=(64, 64), seed=9)
     assert ran(run(root, "dvc", "repro", stage)) == {stage}
+
+
+def test_an_infinite_constant_is_allowed_until_it_reaches_an_output_and_then_the_node_is_named(tmp_path):
+    """A -inf start value of a Max is legitimate (FP32 outputs stay finite); +inf added to the scores is not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def hand_model(name: str, last: str, constant: float) -> str:
+        initializers = [numpy_helper.from_array(np.array([-1, 64], np.int64), "flat"),
+                        numpy_helper.from_array(np.random.default_rng(0).normal(size=(10, 64)).astype(np.float32), "W"),
+                        numpy_helper.from_array(np.full((1, 10), constant, np.float32), "edge")]
+        nodes = [helper.make_node("Reshape", ["input", "flat"], ["x"]), helper.make_node("Gemm", ["x", "W"], ["y"], transB=1),
+                 helper.make_node(last, ["y", "edge"], ["logits"], name=f"{last.lower()}_edge")]
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], initializers)
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return str(path)
+
+    def calibrated(path: str):
+        cfg = compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={path}",
+                             "model.onnx_file.gates.max_accuracy_drop=null", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+        prepare_model(cfg, "onnx_file")
+        return steps.calibrate(resolve_build(cfg, "onnx_file-cpu-fp32"))
+
+    assert calibrated(hand_model("max_start", "Max", -np.inf))["mode"] == "passthrough"
+    with pytest.raises(PipelineError, match=r"gives NaN/Inf in output 'logits' .* in FP32; the graph holds \+-inf constants "
+                                            r"\(edge read by node add_edge\) that reach it"):
+        calibrated(hand_model("adds_inf", "Add", np.inf))
+
+
+def test_a_constant_reference_and_every_output_are_judged_whatever_the_task_gates_say():
+    from pipeline.config.schema import Gates, OutputGate
+    from pipeline.evaluate.validate import check_gates, compare_outputs
+    from pipeline.similarity import output_problems
+
+    varying = np.random.default_rng(0).normal(size=(8, 4))
+    constant = np.ones((8, 4))
+    assert output_problems("score", varying, constant) == [
+        "output 'score' of the FP32 reference is the same for all 8 samples: comparing with it measures nothing "
+        "(a model that answers alike for every input, or data that does not vary)"]
+    # Samples of different shapes (a recognizer's width follows the image) are compared one by one.
+    ragged = [np.ones((3, 5)), np.full((4, 5), 2.0)]
+    assert compare_outputs(ragged, [r * 1.5 for r in ragged])["cosine_min"] == pytest.approx(1.0)
+    assert output_problems("steps", ragged, ragged) == []
+    metrics = {"top1_agreement": 1.0, "outputs": {"boxes": {"cosine_mean": 0.5, "rel_l2_error": 0.9, "max_abs_error": 3.0},
+                                                  "scores": {"cosine_mean": 0.999, "rel_l2_error": 0.01, "max_abs_error": 0.1}}}
+    gates = Gates(min_top1_agreement=0.9, every_output=OutputGate(min_cosine=0.98), outputs={"scores": OutputGate(max_rel_l2=0.005)})
+    assert check_gates(metrics, gates) == ["output 'boxes' cosine_mean = 0.5000, limit >= 0.98",
+                                           "output 'scores' rel_l2_error = 0.0100, limit <= 0.005"]
+
+
+def test_detection_compares_the_top_k_of_the_score_output(tmp_path):
+    from pipeline.backends.onnxruntime_backend import load_onnx_runner
+    from pipeline.config.schema import ModelConfig, Task
+    from pipeline.evaluate.validate import evaluate
+
+    write_images(tmp_path / "images", 6, size=(64, 64))
+    dataset = load_dataset("images", DatasetConfig(source=DatasetSource.image_folder, path=str(tmp_path / "images"), num_samples=None,
+                                                   num_validation=1, input_name="image", preprocess=Preprocess(size=[64, 64])))
+    runner = load_onnx_runner(probability_map_model(tmp_path / "detector.onnx"))
+    model = ModelConfig(task=Task.detection, score_output="prob_map", top_k=5)
+    same = evaluate(runner, runner, dataset, range(6), model, batch_size=4)
+    assert same["topk_agreement"] == 1.0 and same["outputs"]["prob_map"]["rel_l2_error"] == 0.0
+    with pytest.raises(PipelineError, match=r"score_output 'boxes' is not an output of the model; its outputs are \['prob_map'\]"):
+        evaluate(runner, runner, dataset, range(6), dataclasses.replace(model, score_output="boxes"))

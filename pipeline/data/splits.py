@@ -75,6 +75,7 @@ def check_disjoint(dataset: Dataset, calibration: Sequence[int], validation: Seq
 
 
 def make_manifest(dataset: Dataset, indices: Sequence[int], split: str, seed: int) -> dict:
-    """Which samples were used, by id and content hash (sha256 of the sample: float32 pixels or UTF-8 text)."""
-    samples = [{"id": dataset.ids[i], "sha256": dataset.sample_hash(i)} for i in indices]
+    """Which samples were used: index in the dataset, id (the file, for the user's data) and content hash
+    (sha256 of the sample: the file's bytes, float32 pixels or UTF-8 text)."""
+    samples = [{"index": i, "id": dataset.ids[i], "sha256": dataset.sample_hash(i)} for i in indices]
     return {"dataset": dataset.name, "split": split, "seed": seed, "num_samples": len(samples), "samples": samples}

@@ -37,7 +37,11 @@ def _root(name: str, cfg: DatasetConfig) -> Path:
 
 
 def _find(root: Path, suffixes: Tuple[str, ...]) -> List[Path]:
-    return sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=lambda p: p.relative_to(root).as_posix())
+    """Files with these suffixes under ``root``, recursively, sorted by relative path; hidden files and
+    folders (.ipynb_checkpoints, .DS_Store) left out."""
+    found = (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+             and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def _draw(name: str, cfg: DatasetConfig, count: int, what: str) -> List[int]:
@@ -103,8 +107,9 @@ def _image_folder(name: str, cfg: DatasetConfig, inputs: Sequence[TensorSpec]) -
         except (UnidentifiedImageError, OSError) as exc:
             raise PipelineError(f"{path}: not a readable image ({exc}); dataset '{name}' reads {', '.join(IMAGE_SUFFIXES)}") from exc
 
-    # Only the size each image will be preprocessed to matters for batching; reading headers is cheap.
-    sizes = [output_size(pre, *header(f)) for f in files] if free_axes else None
+    # Every file's header when the dataset opens (cheap: no pixels decoded), so a file that is no image is
+    # named before any stage writes; where an axis follows the image, its size decides its batch.
+    sizes = [output_size(pre, *header(f)) for f in files]
 
     def decode(index: int) -> np.ndarray:
         path = files[index]

@@ -24,10 +24,10 @@ def calibrate(ctx: BuildContext) -> dict:
     paths = build_paths(cfg, ctx.name)
     source = require_file(model_paths(cfg, ctx.entry.model).simplified, "simplified ONNX")
     mode = ctx.precision.mode
-    dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
-    splits = make_splits(dataset, ctx.dataset)
-    _check_data_fits(ctx, source, dataset, splits)
-    with atomic_dir(paths.calibrated_dir) as out, scratch_dir(paths.calibrated_dir) as scratch:
+    with atomic_dir(paths.calibrated_dir) as out, scratch_dir(paths.calibrated_dir) as scratch:  # the output's lock first
+        dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
+        splits = make_splits(dataset, ctx.dataset)
+        _check_data_fits(ctx, source, dataset, splits)
         model_out, manifest_out = out / paths.calibrated.name, out / paths.manifest.name
         report: dict = {"build": ctx.name, "precision": ctx.precision_name, "mode": mode.value}
         if mode == PrecisionMode.passthrough:

@@ -26,7 +26,7 @@ def package(ctx: BuildContext) -> dict:
         raise PipelineError(f"{paths.engine_dir} has no output specs in its sidecar: rebuild it (dvc repro build@{ctx.name})")
     batched = {spec.name for spec in ctx.model.inputs if spec.batch}
     batch_axes = {i["shape"][0] for i in sidecar["inputs"] if i["name"] in batched and i["shape"]}
-    if batch_axes not in ({-1}, {1}):
+    if batch_axes and batch_axes not in ({-1}, {1}):
         raise PipelineError(f"{ctx.name} has batch dimensions {sorted(batch_axes)}; Triton serves a dynamic batch axis, or a model fixed to one sample")
     if ctx.model.one_sample_at_a_time:  # one sample per request, nothing to batch: Triton's max_batch_size 0 with the full dims
         max_batch, cut = 0, 0
