@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export ORT_DISABLE_TELEMETRY := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv run test test-fast params check-params bench serve plots clean
+.PHONY: venv run test test-fast params check-params bench serve plots clean dvc
 
 SERVING_ENV := .venv-serving
 
@@ -40,6 +40,11 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
+
+# Any DVC command with the project's environment first on PATH (stage commands call `python`), from any shell:
+#   make dvc ARGS="repro"      make dvc ARGS="exp run -S calibration=entropy"
+dvc: venv
+	$(BIN)/dvc $(ARGS)
 
 # Compose conf/ into params.yaml, e.g. make params OVERRIDES="'precision=[fp32,int8]' model=[resnet18]"
 params: venv

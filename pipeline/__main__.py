@@ -21,6 +21,7 @@ from pathlib import Path
 from .cli import console, run_stage
 from .config import compose_yaml, write_params
 from .errors import PipelineError
+from .io import project_lock
 
 
 def refuse_while_dvc_runs(project: Path) -> None:
@@ -140,11 +141,13 @@ def main() -> None:
         return
 
     if args.command == "compose":
-        refuse_while_dvc_runs(Path(args.output).resolve().parent)
-        text = write_params(args.output, args.overrides)
+        project = Path(args.output).resolve().parent
+        refuse_while_dvc_runs(project)
+        with project_lock(project, exclusive=True, refusal=f"a stage of {project} is running; compose params.yaml after it finishes"):
+            text = write_params(args.output, args.overrides)
         console.print(f"wrote {args.output} ({len(text.splitlines())} lines)")
     else:
-        expected = compose_yaml(args.overrides)
+        expected = compose_yaml(args.overrides, project=Path(args.params).resolve().parent)
         path = Path(args.params)
         actual = path.read_text(encoding="utf-8") if path.is_file() else ""
         if actual != expected:

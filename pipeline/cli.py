@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,7 +24,14 @@ def stage_args(description: str, key: str, argv: Optional[Sequence[str]] = None)
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage; a PipelineError becomes one red line and exit status 2, no traceback
-    (PIPELINE_DEBUG=1 prints the traceback with the library error that caused it)."""
+    (PIPELINE_DEBUG=1 prints the traceback with the library error that caused it). SIGTERM unwinds like
+    Ctrl-C, so temporaries, locks and servers are cleaned up on the way out."""
+    import signal
+
+    def terminated(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         main()
     except PipelineError as exc:
@@ -54,6 +62,24 @@ def load_stage_params(path: str):
     return cfg
 
 
+@contextlib.contextmanager
+def stage_params(path: str) -> Iterator:
+    """params.yaml for a stage, held still while it runs: the stage holds the project's stages lock
+    (compose is refused meanwhile), and fails if the file changed anyway (an editor), so DVC never
+    records params the stage did not read."""
+    from pathlib import Path
+
+    from .io import project_lock, sha256_file
+
+    params = Path(path)
+    with project_lock(params.resolve().parent, exclusive=False):
+        before = sha256_file(params) if params.is_file() else None
+        yield load_stage_params(path)
+        if (sha256_file(params) if params.is_file() else None) != before:
+            raise PipelineError(f"{params} changed while this stage ran; what it wrote comes from the earlier params: "
+                                f"run `dvc repro` again (it reruns this stage)")
+
+
 def model_stage(step: Callable, description: str) -> None:
     """Entry point of a per-model stage: ``python -m stages.X --model NAME``."""
 
@@ -61,8 +87,8 @@ def model_stage(step: Callable, description: str) -> None:
         from .config import resolve_model
 
         args = stage_args(description, "model")
-        cfg = load_stage_params(args.params)
-        step(cfg, resolve_model(cfg, args.model))
+        with stage_params(args.params) as cfg:
+            step(cfg, resolve_model(cfg, args.model))
 
     run_stage(main)
 
@@ -74,6 +100,7 @@ def build_stage(step: Callable, description: str) -> None:
         from .config import resolve_build
 
         args = stage_args(description, "build")
-        step(resolve_build(load_stage_params(args.params), args.build))
+        with stage_params(args.params) as cfg:
+            step(resolve_build(cfg, args.build))
 
     run_stage(main)

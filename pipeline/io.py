@@ -45,6 +45,32 @@ def output_lock(final: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def stages_lock_file(project: Path) -> Path:
+    """The lock every stage of ``project`` holds shared while it runs, and compose takes exclusively:
+    DVC releases its own lock while stage commands run, so it cannot keep params.yaml still."""
+    project = Path(project)
+    return project / ".dvc" / "tmp" / "pipeline-stages.lock" if (project / ".dvc").is_dir() else project / ".pipeline-stages.lock"
+
+
+@contextlib.contextmanager
+def project_lock(project: Path, exclusive: bool, refusal: str = "") -> Iterator[None]:
+    """Shared (a stage running; waits for a compose to finish writing) or exclusive (compose: refused at
+    once, with ``refusal``, while any stage of the project runs)."""
+    from .errors import PipelineError
+
+    lock = stages_lock_file(project)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            raise PipelineError(f"{refusal} (a stage holds {lock})") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the file stays for the next run
+
+
 def _temporaries(final: Path) -> list:
     return list(final.parent.glob(f".{final.name}.*.tmp"))
 

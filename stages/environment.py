@@ -1,15 +1,15 @@
 """DVC stage `environment@<target>`: the library versions and device the target's artifacts are tied to."""
 from pipeline import steps
-from pipeline.cli import console, load_stage_params, run_stage, stage_args
+from pipeline.cli import console, run_stage, stage_args, stage_params
 from pipeline.errors import PipelineError
 
 
 def main() -> None:
     args = stage_args(__doc__, "target")
-    cfg = load_stage_params(args.params)
-    if args.target not in cfg.target:
-        raise PipelineError(f"target '{args.target}' is not selected in {args.params}; selected: {sorted(cfg.target)}")
-    found = steps.environment(cfg, args.target)
+    with stage_params(args.params) as cfg:
+        if args.target not in cfg.target:
+            raise PipelineError(f"target '{args.target}' is not selected in {args.params}; selected: {sorted(cfg.target)}")
+        found = steps.environment(cfg, args.target)
     console.print(f"  environment {args.target}: {found['engine']} {found['device']}")
 
 

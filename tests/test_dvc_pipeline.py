@@ -255,6 +255,17 @@ def test_dvc_exp_run_composes_conf_with_overrides_through_the_schema(repo):
     assert "target 'cpu' cannot run precision ['fp16']" in refused.stdout + refused.stderr
 
 
+def test_dvc_exp_run_refuses_an_output_folder_outside_the_project_before_touching_the_workspace(repo, tmp_path):
+    """DVC composes through the Hydra plugin, not `pipeline compose`: the out-folder check must run there too."""
+    root, _ = repo
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts)
+    params = (root / "params.yaml").read_bytes()
+    result = run(root, "dvc", "exp", "run", "-S", f"artifacts_dir={tmp_path / 'outside'}", check=False)
+    assert result.returncode != 0 and "output folders must be inside the project" in result.stdout + result.stderr
+    after = sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts)
+    assert after == before and (root / "params.yaml").read_bytes() == params and not (tmp_path / "outside").exists()
+
+
 def test_a_queued_sweep_runs_two_experiments_and_shows_both_results(repo):
     """`dvc exp run --queue -S ...` twice, `dvc queue start --jobs 2`, then `dvc exp show` lists both
     experiments with their own metrics (unchanged stages come from the run-cache)."""

@@ -81,6 +81,26 @@ def test_a_second_run_of_the_same_stage_is_refused_while_the_first_writes(projec
     assert (build_dir / "calibrated" / "model.onnx").is_file() and not list(build_dir.glob(".*.tmp"))
 
 
+def test_compose_is_refused_while_a_stage_runs_and_a_stage_whose_params_changed_fails(project, tmp_path):
+    """DVC lets go of its lock while stage commands run: the stages hold the project's own, so a compose
+    mid-run cannot leave dvc.lock recording params the stage never read."""
+    cfg, params = project
+    build_dir = build_paths(cfg, BUILD).root
+    compose = [sys.executable, "-m", "pipeline", "compose", "--output", str(params), "model=[digits_cnn]", "dataset=[digits]",
+               "calibration.num_samples=200", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}"]
+    before = params.read_bytes()
+    first = _calibrate(params, tmp_path)
+    _wait_for(lambda: list(build_dir.glob(".calibrated.scratch-*.tmp")), first, "the stage at work")
+    refused = subprocess.run(compose, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and f"a stage of {tmp_path} is running" in refused.stderr, refused.stderr
+    assert params.read_bytes() == before
+    # An edit by other means (an editor, a script) while the stage runs: the stage fails instead of passing stale.
+    params.write_text(params.read_text().replace("num_samples: 500", "num_samples: 300", 1))
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 2 and "params.yaml changed while this stage ran" in output, output
+    assert subprocess.run(compose, cwd=REPO, capture_output=True, text=True).returncode == 0, "compose works once the stage is done"
+
+
 def test_stale_temporaries_go_and_live_ones_stay(tmp_path):
     (tmp_path / ".engine.abc123.tmp").mkdir()
     (tmp_path / ".engine.abc123.tmp" / "model.onnx").write_bytes(b"half")

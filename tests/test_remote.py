@@ -73,6 +73,36 @@ def test_a_machine_without_dvc_lock_restores_every_stage_from_the_run_cache(mach
         (a / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "model.onnx").read_bytes()
 
 
+def test_a_corrupted_object_in_the_remote_is_refused_not_trusted(machines, tmp_path):
+    """Bytes flipped in the engine's object on the shared storage: a clone pulling it fails naming the
+    object (the remote verifies what it serves, .dvc/config `verify = true`), and no engine lands."""
+    import shutil
+
+    a, _, _, _ = machines
+    storage = tmp_path / "storage"
+    shutil.copytree(a.parent / "shared-storage", storage)  # a copy: the other tests keep the good one
+    engine_md5 = next(o["md5"] for stage in _lock(a)["stages"].values() for o in stage.get("outs", [])
+                      if o["path"].endswith("digits_cnn-cpu-int8/engine"))
+    listing = json.loads((storage / "files" / "md5" / engine_md5[:2] / engine_md5[2:]).read_text())
+    onnx_md5 = next(entry["md5"] for entry in listing if entry["relpath"] == "model.onnx")
+    object_path = storage / "files" / "md5" / onnx_md5[:2] / onnx_md5[2:]
+    data = bytearray(object_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    object_path.chmod(0o644)
+    object_path.write_bytes(bytes(data))
+    d = _clone(a, tmp_path / "machine_d", storage)
+    result = run(d, "dvc", "pull", check=False)
+    assert result.returncode != 0, "a corrupted object must not be pulled silently"
+    engine = d / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "model.onnx"
+    assert not engine.exists() or engine.read_bytes() != bytes(data)
+
+
+def _lock(repo) -> dict:
+    import yaml
+
+    return yaml.safe_load((repo / "dvc.lock").read_text())
+
+
 def test_a_benchmark_param_change_on_the_second_machine_reruns_only_benchmarks(machines):
     _, b, _, _ = machines
     set_param(b, "benchmark.iterations", 7)

@@ -232,6 +232,61 @@ def test_a_port_in_use_and_a_model_that_fails_to_load_are_one_clear_error_each(s
             pass
 
 
+def test_a_killed_server_leaves_no_stub_and_no_shared_memory_and_the_error_says_it_died(served):
+    """kill -9 of tritonserver mid-serve: stopping still ends its process group (the Python-backend stubs)
+    and removes its shared-memory regions, and the caller sees why, not a client traceback."""
+    from pipeline.data import load_dataset
+    from pipeline.serving.load import infer
+    from pipeline.steps.serve_step import served as serving
+
+    _, ctx, _, _ = served
+    feeds = load_dataset("digits", ctx.dataset, ctx.model.inputs).load([0])
+    with pytest.raises(PipelineError, match=r"Triton exited with status -9"):
+        with serving(ctx) as (server, _):
+            group, prefix = server.process.pid, server.shm_prefix
+            assert list(Path("/dev/shm").glob(f"{prefix}*")), "the Python backend's regions carry the server's own prefix"
+            os.kill(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+            infer(server.grpc, ctx.name, [feeds], ["logits"])
+    deadline = time.time() + 10  # SIGKILL is delivered at once; the kernel takes a moment to end the process
+    while _living_members(group) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _living_members(group), "a Python-backend stub outlived its killed server"
+    assert not list(Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def _living_members(group: int) -> list:
+    """Processes of process group ``group`` that still run (zombies, already dead, left out)."""
+    living = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            living.append(int(entry.name))
+    return living
+
+
+def test_a_port_just_freed_is_usable_at_once_and_a_port_out_of_range_is_named(served, tmp_path):
+    _, ctx, _, _ = served
+    from pipeline.steps.serve_step import served as serving
+
+    import http.client
+
+    with serving(ctx) as (server, _):
+        port = int(server.http.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # kept open: the server closes it first,
+        connection.request("GET", "/v2/health/ready")                          # so its port sits in TIME_WAIT after the stop
+        assert connection.getresponse().status == 200
+    connection.close()
+    with serving(ctx, http_port=port) as (again, _):  # no "already in use" for the minute TIME_WAIT lasts
+        assert again.http.endswith(f":{port}")
+    with pytest.raises(PipelineError, match=r"the Triton http port 70000 is not a port: use 1-65535"):
+        with TritonServer(tmp_path, tmp_path / "log", http_port=70000):
+            pass
+
+
 def _foreground() -> None:
     # As a terminal starts a foreground command: a test run launched in the background (`cmd &` in a
     # script) inherits SIGINT ignored, and Python keeps an ignored SIGINT, so Ctrl-C would do nothing.
@@ -356,6 +411,20 @@ def test_deploy_promotes_good_versions_rejects_broken_ones_and_rolls_back_withou
         assert answers[-1] == "2"
         assert rollback(repository, "digits", server.http)["version"] == 1
         assert grpcclient.InferenceServerClient(server.grpc).infer("digits", infer_inputs(grpcclient, [feeds])[0]).get_response().model_version == "1"
-    outcomes = [(e["version"], e["outcome"]) for e in history(repository / "digits")]
-    assert outcomes == [(1, "deployed"), (2, "rejected"), (2, "rejected"), (2, "deployed"), (1, "rolled back")]
+        outcomes = [(e["version"], e["outcome"]) for e in history(repository / "digits")]
+        assert outcomes == [(1, "deployed"), (2, "rejected"), (2, "rejected"), (2, "deployed"), (1, "rolled back")]
+
+        # Refused before anything changes: a name that is not one folder, another folder than the server's
+        # repository, a damaged history.
+        before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+        with pytest.raises(PipelineError, match=r"model name '\.\./\.\./escaped' is not one folder name"):
+            deploy(good, repository, server.http, server.grpc, name="../../escaped")
+        (tmp_path / "elsewhere").mkdir()
+        with pytest.raises(PipelineError, match=r"elsewhere is not the server's repository: it holds \[\], the server .* lists \['digits'"):
+            deploy(good, tmp_path / "elsewhere", server.http, server.grpc, name="digits")
+        (repository / "digits" / "deployments.json").write_text('[{"version": 1, "build": ')
+        with pytest.raises(PipelineError, match=r"deployments.json is not valid JSON .*; nothing was changed"):
+            deploy(good, repository, server.http, server.grpc, name="digits")
+        after = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+        assert set(after) - set(before) == {"elsewhere"}, "nothing written by a refused deploy"
 

@@ -77,3 +77,27 @@ def test_one_line_errors_keep_their_cause_for_debugging(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.simplify", "--model", "digits_cnn", "--params", str(params)], cwd=REPO,
                             capture_output=True, text=True, env=dict(os.environ, PIPELINE_DEBUG="1"))
     assert result.returncode == 2 and "Traceback" in result.stderr and "DecodeError" in result.stderr
+
+
+def test_a_hand_broken_params_file_is_one_line_naming_where(params, tmp_path):
+    params.write_text(params.read_text().replace("calibration:", "calibration: [", 1))
+    result = stage(params, "prepare", "--model", "digits_cnn")
+    assert result.returncode == 2 and f"{params} is not valid YAML at line" in result.stderr and "make params" in result.stderr
+
+
+def test_sigterm_unwinds_a_stage_so_it_leaves_no_temporaries(params, tmp_path):
+    """A terminated stage (a CI runner stopping a job, `kill`) cleans up like Ctrl-C: no lock, no half-written output."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "stages.prepare", "--model", "digits_cnn", "--params", str(params)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    models = tmp_path / "a" / "models" / "digits_cnn"
+    deadline = time.time() + 120
+    while not list(models.glob(".prepared.*.tmp")) and time.time() < deadline:  # training has started writing
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in output and "Traceback" not in output, output
+    assert not list(models.glob(".*")), "no temporary or lock left behind"

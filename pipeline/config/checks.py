@@ -247,8 +247,9 @@ def check_config(cfg: PipelineConfig) -> None:
         raise PipelineError("invalid config values: " + "; ".join(problems))
 
 
-def check_out_dirs(cfg: PipelineConfig, project_root: Path) -> None:
-    """Everything the pipeline writes stays inside the project (DVC tracks nothing outside it)."""
+def out_dir_problems(cfg: PipelineConfig, project_root: Path) -> List[str]:
+    """Everything the pipeline writes stays inside the project (DVC tracks nothing outside it, and
+    checking outputs out into a folder elsewhere would leave the workspace without them)."""
     root = Path(os.path.realpath(project_root))
     outside = []
     for key in ("artifacts_dir", "metrics_dir", "plots_dir"):
@@ -256,5 +257,10 @@ def check_out_dirs(cfg: PipelineConfig, project_root: Path) -> None:
         resolved = Path(os.path.realpath(root / value))
         if resolved != root and root not in resolved.parents:
             outside.append(f"{key} = {value!r} resolves to {resolved}")
-    if outside:
-        raise PipelineError(f"output folders must be inside the project {root}: " + "; ".join(outside))
+    return [f"output folders must be inside the project {root}: " + "; ".join(outside)] if outside else []
+
+
+def check_out_dirs(cfg: PipelineConfig, project_root: Path) -> None:
+    problems = out_dir_problems(cfg, project_root)
+    if problems:
+        raise PipelineError(problems[0])

@@ -30,13 +30,16 @@ def _check_group_overrides(overrides: Sequence[str]) -> None:
                                         f"available {key} options: {', '.join(sorted(p.stem for p in (CONF_DIR / key).glob('*.yaml')))}")
 
 
-def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> DictConfig:
+def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR, project: Optional[Path] = None) -> DictConfig:
+    """conf/ with ``overrides``, resolved and checked; ``project``: the folder the params file is for
+    (output folders must stay inside it; default: the DVC repository around the working directory)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     _check_group_overrides(overrides)
+    token = registry.COMPOSE_ROOT.set(Path(project).resolve() if project is not None else None)
     try:
         with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
@@ -45,6 +48,8 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) ->
         OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.to_container(cfg))
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise PipelineError(f"config composition failed: {_explain(exc, Path(config_dir))}") from exc
+    finally:
+        registry.COMPOSE_ROOT.reset(token)
     return cfg
 
 
@@ -69,15 +74,16 @@ def cpu_target_isas(config_dir: Path | str = CONF_DIR) -> Dict[str, Optional[str
     return {name: conf.get("cpu_isa") for name, conf in targets.items() if conf.get("device") == "cpu"}
 
 
-def compose_yaml(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> str:
-    return OmegaConf.to_yaml(compose(overrides, config_dir))
+def compose_yaml(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR, project: Optional[Path] = None) -> str:
+    return OmegaConf.to_yaml(compose(overrides, config_dir, project))
 
 
 def write_params(path: Path | str = "params.yaml", overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR) -> str:
     from .checks import check_out_dirs
 
-    cfg = compose(overrides, config_dir)
-    check_out_dirs(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), cfg)), Path(path).resolve().parent)
+    project = Path(path).resolve().parent
+    cfg = compose(overrides, config_dir, project)
+    check_out_dirs(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), cfg)), project)
     text = OmegaConf.to_yaml(cfg)
     write_text(path, text)
     return text

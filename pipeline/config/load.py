@@ -26,9 +26,16 @@ def load_params(path: Path | str = "params.yaml") -> PipelineConfig:
     params_path = Path(path)
     if not params_path.is_file():
         raise PipelineError(f"{params_path} not found: run `make params` to compose it from conf/")
+    import yaml
+
     try:
         merged = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.load(params_path))
         cfg: PipelineConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except yaml.YAMLError as exc:  # a hand-edited file that is no longer YAML
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise PipelineError(f"{params_path} is not valid YAML{line} ({getattr(exc, 'problem', None) or exc}); "
+                            f"fix it or compose it again with `make params`") from exc
     except OmegaConfBaseException as exc:
         raise PipelineError(f"invalid {params_path}: {exc}") from exc
     check_config(cfg)  # params.yaml may have been edited, or written by `dvc exp run -S`

@@ -5,7 +5,9 @@ is how ``dvc exp run``'s composition gets them) and by :mod:`pipeline.config.com
 """
 from __future__ import annotations
 
-from typing import Dict
+import contextvars
+from pathlib import Path
+from typing import Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +23,19 @@ class InvalidCombination(ValueError):
     pass
 
 
+# The project the composed params.yaml belongs to, where `pipeline compose` knows it (the output file's
+# folder); elsewhere (DVC's own composition, `dvc exp run -S`) the DVC repository around the working directory.
+COMPOSE_ROOT: contextvars.ContextVar[Optional[Path]] = contextvars.ContextVar("compose_root", default=None)
+
+
+def project_root() -> Optional[Path]:
+    root = COMPOSE_ROOT.get()
+    if root is not None:
+        return root
+    here = Path.cwd()
+    return next((folder for folder in (here, *here.parents) if (folder / ".dvc").is_dir()), None)
+
+
 def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig, datasets: DictConfig, *, _root_: DictConfig) -> Dict[str, BuildEntry]:
     """Every (model, target, precision) selected, keyed ``<model>-<target>-<precision>``.
 
@@ -28,13 +43,19 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
     value is out of range (checks.py), so bad config fails at compose time (``make params`` and
     ``dvc exp run`` alike) and never reaches dvc.yaml.
     """
-    from .checks import config_problems
+    from .checks import config_problems, out_dir_problems
 
     values = OmegaConf.to_container(_root_, resolve=False)
     values.pop("builds", None)  # this resolver computes it
     values.pop("models", None)  # computed by its own resolver
     values.pop("servable", None)
-    problems = config_problems(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), values)))
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PipelineConfig), values))
+    problems = config_problems(typed)
+    # Here too, not only in `pipeline compose`: `dvc exp run -S` composes through this resolver alone, and an
+    # output folder outside the project must fail before DVC touches the workspace.
+    root = project_root()
+    if root is not None:
+        problems += out_dir_problems(typed, root)
     for model_name, model in models.items():
         if model.dataset not in datasets:
             problems.append(

@@ -15,10 +15,6 @@ from ..similarity import class_axis_problem, output_problems, row_cosine
 Samples = Union[np.ndarray, List[np.ndarray]]  # batch-first array, or one array per sample where shapes differ
 
 
-def _rows(values: Samples) -> List[np.ndarray]:
-    return list(values)
-
-
 def compare_outputs(reference: Samples, candidate: Samples) -> Dict[str, float]:
     """Per-output error metrics of ``candidate`` against ``reference`` (batch-first, or per sample)."""
     if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray):
@@ -27,7 +23,7 @@ def compare_outputs(reference: Samples, candidate: Samples) -> Dict[str, float]:
         difference = candidate - reference
         max_abs, diff_norm, ref_norm = np.abs(difference).max(), np.linalg.norm(difference), np.linalg.norm(reference)
     else:  # samples of different shapes: the same metrics, one sample at a time
-        pairs = [(r.astype(np.float64), c.astype(np.float64)) for r, c in zip(_rows(reference), _rows(candidate))]
+        pairs = [(r.astype(np.float64), c.astype(np.float64)) for r, c in zip(reference, candidate)]
         cosine = np.array([row_cosine(r[None], c[None])[0] for r, c in pairs])
         max_abs = max(float(np.abs(c - r).max()) for r, c in pairs)
         diff_norm = float(np.sqrt(sum(float(((c - r) ** 2).sum()) for r, c in pairs)))
@@ -50,7 +46,7 @@ def _argmax(values: Samples, axis: int) -> List[np.ndarray]:
 def _topk_agreement(reference: Samples, candidate: Samples, k: int) -> float:
     """Mean overlap of each sample's k highest scores' indices (flattened), FP32 against the candidate."""
     overlaps = []
-    for want, got in zip(_rows(reference), _rows(candidate)):
+    for want, got in zip(reference, candidate):
         want, got = want.reshape(-1), got.reshape(-1)
         top = min(k, want.size)
         overlaps.append(len(set(np.argsort(-want, kind="stable")[:top]) & set(np.argsort(-got, kind="stable")[:top])) / top)

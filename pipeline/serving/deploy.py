@@ -43,8 +43,36 @@ class TritonRunner(Runner):
 
 
 def history(model_dir: Path) -> List[dict]:
+    """The deployment history, or one error naming the file when it is not one (refused before anything changes)."""
     path = model_dir / HISTORY
-    return json.loads(path.read_text()) if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc}); nothing was changed: restore it from a backup or move it away") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and {"version", "build", "outcome"} <= set(e) for e in entries):
+        raise PipelineError(f"{path} is not a deployment history (a list of entries with version, build and outcome); nothing was changed")
+    return entries
+
+
+def check_target(repository: Path, name: str, server: "TritonHttp") -> None:
+    """Refuse, before anything is written, a model name that is not one folder name, and a repository
+    that is not the running server's (its models must be the ones the server's repository index lists)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or name in (".", ".."):
+        raise PipelineError(f"model name {name!r} is not one folder name (letters, digits, '_', '.', '-'; no '/' or '..')")
+    if not repository.is_dir():
+        raise PipelineError(f"repository {repository} is not a folder; give the folder the server was started with (--model-repository)")
+    status, body = server.request("POST", "/v2/repository/index")
+    if status != 200:
+        raise PipelineError(f"the server at {server.address} did not list its repository ({status}: {body[:200]}); is it in explicit model-control mode?")
+    listed = {entry["name"] for entry in json.loads(body)}
+    here = {p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file() and not p.name.endswith("-candidate")}
+    if here - listed or (listed and not here):
+        raise PipelineError(f"{repository} is not the server's repository: it holds {sorted(here)}, the server at {server.address} "
+                            f"lists {sorted(listed)}; give the folder the server was started with (--model-repository)")
 
 
 def _record(model_dir: Path, entry: dict) -> None:
@@ -75,8 +103,10 @@ def deploy(package: Path, repository: Path, name: str, http: str, grpc: str, exe
     server = TritonHttp(http)
     if not server.live():
         raise PipelineError(f"no Triton server answers at {http}: start one in explicit model-control mode on {repository}")
+    check_target(repository, name, server)
     config = read_config(package / "config.pbtxt")
     model_dir = repository / name
+    history(model_dir)  # a damaged history is refused here, before a candidate is loaded or a version copied
     served = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
     version = str(max(served, default=0) + 1)
     entry = {"version": int(version), "build": config.parameters["pipeline_build"].string_value,
@@ -109,12 +139,14 @@ def deploy(package: Path, repository: Path, name: str, http: str, grpc: str, exe
 
 def rollback(repository: Path, name: str, http: str) -> dict:
     """Serve the deployment before the current one again."""
+    server = TritonHttp(http)
+    check_target(repository, name, server)
     model_dir = repository / name
     deployed = [e for e in history(model_dir) if e["outcome"] in ("deployed", "rolled back")]
     if len(deployed) < 2:
         raise PipelineError(f"{name} has no earlier good version to roll back to (history: {model_dir / HISTORY})")
     current, previous = deployed[-1], deployed[-2]
-    _serve_only(TritonHttp(http), model_dir, name, str(previous["version"]))
+    _serve_only(server, model_dir, name, str(previous["version"]))
     _record(model_dir, {"version": previous["version"], "build": previous["build"], "config_hash": previous["config_hash"],
                         "outcome": "rolled back", "from_version": current["version"]})
     return history(model_dir)[-1]

@@ -11,6 +11,7 @@ import ctypes
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -122,7 +123,10 @@ def free_port() -> int:
 
 
 def _port_in_use(port: int) -> bool:
+    """Whether something listens on ``port``. SO_REUSEADDR, as Triton's own listeners: a port a stopped
+    server left in TIME_WAIT is free to it, and must not read as taken for a minute."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -153,6 +157,9 @@ class TritonServer:
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.explicit_models, self.startup_timeout_s = explicit_models, startup_timeout_s
         self.backend_config = list(backend_config)  # e.g. "python,shm-default-byte-size=134217728" for large batches
+        # The Python backend's shared-memory regions get a name of this server's own, so stopping can remove
+        # them even after the server was killed (it removes them itself only when it exits cleanly).
+        self.shm_prefix = f"trt_pipeline_{os.getpid()}_{secrets.token_hex(4)}"
         self.process: Optional[subprocess.Popen] = None
         self.startup_seconds: Optional[float] = None
 
@@ -171,6 +178,8 @@ class TritonServer:
     def __enter__(self) -> "TritonServer":
         install = find_triton()
         for kind, port in self.ports.items():
+            if port is not None and not 1 <= port <= 65535:
+                raise PipelineError(f"the Triton {kind} port {port} is not a port: use 1-65535 (or none, for a free one)")
             if port is not None and _port_in_use(port):
                 raise PipelineError(f"the Triton {kind} port {port} is already in use on 127.0.0.1; choose another or stop what holds it")
             self.ports[kind] = port or free_port()
@@ -179,7 +188,8 @@ class TritonServer:
                    f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}", f"--metrics-port={self.ports['metrics']}",
                    "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--log-verbose=0", "--exit-on-error=true",
                    f"--model-control-mode={'explicit' if self.explicit_models else 'none'}", "--strict-readiness=true",
-                   "--allow-gpu-metrics=false", "--allow-cpu-metrics=true"] + [f"--backend-config={item}" for item in self.backend_config]
+                   "--allow-gpu-metrics=false", "--allow-cpu-metrics=true", f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
+        command += [f"--backend-config={item}" for item in self.backend_config]
         # The Python-backend stub links libpython of this Python's version: where a relocated Python
         # (python-build-standalone, uv) keeps it, the loader does not look on its own.
         library_path = [install.library_path, _libpython_dir(), os.environ.get("LD_LIBRARY_PATH")]
@@ -197,8 +207,11 @@ class TritonServer:
         self.startup_seconds = time.perf_counter() - started
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        died = self.process is not None and self.process.poll() is not None  # before stop(): not by our hand
         self.stop()
+        if exc is not None and died:  # a client's error is only the symptom: say what happened to the server
+            raise PipelineError(f"Triton exited with status {self.process.returncode}; server log ({self.log_path}):\n{self.log_tail()}") from exc
 
     def log_tail(self, lines: int = 10) -> str:
         """Triton's error lines (glog 'E' lines: why a model failed to load) and the last lines of its log."""
@@ -244,18 +257,23 @@ class TritonServer:
         return self.wait_model_ready(name, timeout_s=timeout_s)
 
     def stop(self) -> None:
-        """Stop the server and everything it started (the Python-backend stubs): TERM, then KILL."""
-        if self.process is None or self.process.poll() is not None:
+        """Stop the server and everything it started (the Python-backend stubs): TERM, then KILL; and
+        remove its shared memory. Also when the server is already dead (killed): its stubs live on in
+        its process group, and its regions stay in /dev/shm, unless removed here."""
+        if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
         try:  # stubs that outlived the server in its process group
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)

@@ -17,6 +17,11 @@ from ..io import write_json
 from ..paths import build_paths, model_paths
 
 
+# Below this a run's time is the runtime's call overhead (a few microseconds either way), not the model's
+# arithmetic: the INT8-vs-FP32 speed gate says it cannot judge instead of failing on noise.
+JUDGEABLE_MS = 0.05
+
+
 def benchmark(ctx: BuildContext) -> list:
     cfg = ctx.config
     paths = build_paths(cfg, ctx.name)
@@ -88,5 +93,9 @@ def _quantized_vs_fp32(ctx: BuildContext, runner, feeds: dict, batch_size: int) 
     ms = side_by_side({"quantized": runner, "fp32": reference}, feeds)
     speedup = ms["fp32"] / ms["quantized"]
     console.print(f"  {ctx.name} vs FP32 at batch {batch_size}: {ms['quantized']:.2f} ms vs {ms['fp32']:.2f} ms ({speedup:.2f}x)")
-    return {"batch_size": batch_size, "quantized_ms": ms["quantized"], "fp32_ms": ms["fp32"], "speedup": speedup,
-            "min_speedup": limit, "passed": bool(speedup >= limit)}
+    row = {"batch_size": batch_size, "quantized_ms": ms["quantized"], "fp32_ms": ms["fp32"], "speedup": speedup,
+           "min_speedup": limit, "passed": bool(speedup >= limit)}
+    if max(ms.values()) < JUDGEABLE_MS:  # a model this small is timed in call overhead, not in its arithmetic
+        row.update(passed=True, judged=False, note=f"both under {JUDGEABLE_MS} ms: too small to judge INT8 against FP32 by speed")
+        console.print(f"  [yellow]{ctx.name}: {row['note']}[/]")
+    return row
