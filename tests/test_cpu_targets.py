@@ -98,3 +98,31 @@ def test_an_int8_build_slower_than_its_fp32_model_fails_its_benchmark_gate_with_
                                             r"[\d.]+x, limit >= benchmark.min_quantized_speedup=1000x"):
         steps.benchmark(limited(1000.0))
     assert read_json(build_paths(cfg, ctx.name).benchmark_metrics)["quantized_vs_fp32"]["passed"] is False, "metrics first, then the gate"
+
+
+def test_a_model_too_small_to_time_is_not_judged_by_the_speed_gate(tmp_path):
+    """A 64 x 10 Gemm runs in microseconds, all of it call overhead: the INT8-vs-FP32 gate says it cannot
+    judge instead of failing on noise (a limit no machine meets shows it did not judge)."""
+    from onnx import TensorProto, helper
+
+    from pipeline.steps.benchmark_step import JUDGEABLE_MS
+    from pipeline.steps.chain import prepare_model
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).normal(size=(10, 64)).astype(np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Reshape", ["input", "flat"], ["x"]), helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1)],
+                              "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+                              [numpy_helper.from_array(np.array([-1, 64], np.int64), "flat"), weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "tiny.onnx"))
+    cfg = compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={tmp_path / 'tiny.onnx'}",
+                         "precision=[int8]", "benchmark=quick", "benchmark.batch_sizes=[1]", "benchmark.min_quantized_speedup=1000",
+                         "model.onnx_file.gates.max_accuracy_drop=null", "model.onnx_file.gates.min_top1_agreement=null",
+                         "calibration.search.enabled=false", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+    prepare_model(cfg, "onnx_file")
+    ctx = resolve_build(cfg, "onnx_file-cpu-int8")
+    steps.calibrate(ctx)
+    steps.build(ctx)
+    steps.benchmark(ctx)
+    guard = read_json(build_paths(cfg, ctx.name).benchmark_metrics)["quantized_vs_fp32"]
+    assert max(guard["fp32_ms"], guard["quantized_ms"]) < JUDGEABLE_MS
+    assert guard["passed"] and guard["judged"] is False and "too small to judge" in guard["note"]

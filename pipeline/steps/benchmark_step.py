@@ -19,7 +19,7 @@ from ..paths import build_paths, model_paths
 
 # Below this a run's time is the runtime's call overhead (a few microseconds either way), not the model's
 # arithmetic: the INT8-vs-FP32 speed gate says it cannot judge instead of failing on noise.
-JUDGEABLE_MS = 0.05
+JUDGEABLE_MS = 0.02
 
 
 def benchmark(ctx: BuildContext) -> list:
