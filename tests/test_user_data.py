@@ -359,3 +359,23 @@ def test_detection_compares_the_top_k_of_the_score_output(tmp_path):
     assert same["topk_agreement"] == 1.0 and same["outputs"]["prob_map"]["rel_l2_error"] == 0.0
     with pytest.raises(PipelineError, match=r"score_output 'boxes' is not an output of the model; its outputs are \['prob_map'\]"):
         evaluate(runner, runner, dataset, range(6), dataclasses.replace(model, score_output="boxes"))
+
+
+def test_a_dataset_of_another_dtype_than_the_input_is_named_at_calibrate(tmp_path):
+    """An int64 input fed float32 images: one error naming both dtypes (not a hint about batch sizes), nothing written."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT), helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "ids", [helper.make_tensor_value_info("input", TensorProto.INT64, ["batch", 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+                              [numpy_helper.from_array(np.ones((10, 64), np.float32), "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ids.onnx"))
+    cfg = compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={tmp_path / 'ids.onnx'}",
+                         "model.onnx_file.inputs=[{name: input, shape: [-1, 64], dtype: int64}]", "model.onnx_file.gates.max_accuracy_drop=null",
+                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+    prepare_model(cfg, "onnx_file")
+    build = resolve_build(cfg, "onnx_file-cpu-int8")
+    with pytest.raises(PipelineError, match=r"dataset 'digits' gives input 'input' as float32; model.onnx_file.inputs declares int64"):
+        steps.calibrate(build)
+    assert not build_paths(cfg, build.name).calibrated_dir.exists()
