@@ -246,39 +246,36 @@ def probe_feeds(cfg: ModelConfig, batch: int, seed: int = 0) -> Optional[Dict[st
     return feeds
 
 
-def _session(model: onnx.ModelProto):
+def probe(model: bytes | str, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, shown: str, source: str) -> Dict[str, np.ndarray]:
+    """Run ``feeds`` through ``model`` (serialized, or a file's path: a model over 2 GB cannot be one
+    protobuf) with ONNX Runtime: a batch larger than the file's own, and the batch axis of every output,
+    checked before any later stage relies on them; returns the outputs. ``source`` says where the feeds came from."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def probe(model: onnx.ModelProto, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, shown: str, source: str) -> None:
-    """Run ``feeds`` through the model with ONNX Runtime: a batch larger than the file's own, and the
-    batch axis of every output, checked before any later stage relies on them. ``source`` says
-    where the feeds came from."""
     batch = max((len(feeds[spec.name]) for spec in cfg.inputs if spec.batch and spec.shape), default=1)
     hint = (f"; its batch was made dynamic (model.{model_name}.dynamic_batch=true) but a node still assumes the file's own batch: "
             f"fix it in the exporter, or declare the fixed batch in model.{model_name}.inputs with dynamic_batch=false") if batch > 1 else ""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
     try:
-        session = _session(model)
-        outputs = session.run(None, feeds)
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     except Exception as exc:  # ONNX Runtime names the failing node in its message
         first = str(exc).strip().splitlines()[0][:500]
         raise PipelineError(f"{shown} does not run on a batch of {batch} {source}: {first}{hint}") from exc
     if cfg.one_sample_at_a_time:
-        return  # outputs of a one-sample model may have no batch axis (a returned state)
-    for name, value in zip([o.name for o in session.get_outputs()], outputs):
+        return outputs  # outputs of a one-sample model may have no batch axis (a returned state)
+    for name, value in outputs.items():
         if value.ndim == 0 or value.shape[0] != batch:
             raise PipelineError(f"{shown} gives output '{name}' of shape {list(value.shape)} for a batch of {batch} {source}: "
                                 f"its axis 0 must be the batch{hint}")
+    return outputs
 
 
 def check_data_fits(model_path: Path, feeds: Dict[str, np.ndarray], cfg: ModelConfig, model_name: str, dataset_name: str) -> None:
     """Real samples against the model: names, dtypes and shapes as declared, a run, and finite FP32
     outputs (a +-inf constant is allowed only where it does not reach them)."""
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path), load_external_data=False)  # the graph; ONNX Runtime reads the weights itself
     inputs = [i.name for i in real_inputs(model)]
     if sorted(feeds) != sorted(inputs):
         raise PipelineError(f"dataset '{dataset_name}' feeds inputs {sorted(feeds)}; the model's inputs are {sorted(inputs)}: "
@@ -294,18 +291,18 @@ def check_data_fits(model_path: Path, feeds: Dict[str, np.ndarray], cfg: ModelCo
             raise PipelineError(f"dataset '{dataset_name}' gives input '{spec.name}' samples of shape {list(value.shape)}; "
                                 f"model.{model_name}.inputs declares {want}: they must agree (e.g. dataset.{dataset_name}.preprocess.size)")
     shown = f"model '{model_name}'"
-    probe(model, feeds, cfg, model_name, shown, f"real samples from dataset '{dataset_name}'")
-    outputs = _session(model).run(None, feeds)
+    outputs = probe(str(model_path), feeds, cfg, model_name, shown, f"real samples from dataset '{dataset_name}'")
+    first = model.graph.output[0].name
     if option_value(cfg.task) in ("classification", "sequence"):  # argmax over an axis of size 1 would agree whatever the output
-        problem = class_axis_problem(model.graph.output[0].name, outputs[0].shape, cfg.class_axis, option_value(cfg.task))
+        problem = class_axis_problem(first, outputs[first].shape, cfg.class_axis, option_value(cfg.task))
         if problem:
             raise PipelineError(f"{problem} (model.{model_name}.task, model.{model_name}.class_axis)")
-    for output, value in zip(model.graph.output, outputs):
+    for name, value in outputs.items():
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             infinite = infinite_constants(model)
             cause = (f"; the graph holds +-inf constants ({', '.join(f'{k} read by node {v}' for k, v in sorted(infinite.items())[:3])}) "
                      f"that reach it" if infinite else "")
-            raise PipelineError(f"{shown} gives NaN/Inf in output '{output.name}' on real samples from dataset '{dataset_name}' in FP32{cause}")
+            raise PipelineError(f"{shown} gives NaN/Inf in output '{name}' on real samples from dataset '{dataset_name}' in FP32{cause}")
 
 
 def import_onnx(src: Path, cfg: ModelConfig, model_name: str, out_path: Path, shown: str = "") -> dict:
@@ -315,7 +312,7 @@ def import_onnx(src: Path, cfg: ModelConfig, model_name: str, out_path: Path, sh
     model, changes = normalize_onnx(src, cfg, model_name, shown)
     feeds = probe_feeds(cfg, cfg.batch_size(2))
     if feeds is not None:
-        probe(model, feeds, cfg, model_name, shown, f"synthetic samples of the declared shapes (model.{model_name}.inputs)")
+        probe(model.SerializeToString(), feeds, cfg, model_name, shown, f"synthetic samples of the declared shapes (model.{model_name}.inputs)")
     model.producer_name, model.producer_version = "trt-pipeline", ""
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
