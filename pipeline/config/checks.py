@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from ..errors import PipelineError
 from .schema import ElementType, PipelineConfig, PrecisionMode, Preprocess, TensorSpec, Task, option_value
@@ -121,7 +121,7 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
             fed = [(m, spec) for m, model in cfg.model.items() if model.dataset == name for spec in model.inputs if spec.name == data.input_name]
             problems += preprocess_problems(data.preprocess, f"{key}.preprocess")
             for model_name, spec in fed:
-                problems += [f"{p} (model.{model_name})" for p in preprocess_problems(data.preprocess, f"{key}.preprocess", spec)]
+                problems += [f"{p} (model.{model_name})" for p in preprocess_fit_problems(data.preprocess, f"{key}.preprocess", spec)]
         need(data.max_length >= 2, f"{key}.max_length", data.max_length, "must be >= 2")
 
     for name, model in cfg.model.items():
@@ -208,24 +208,28 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     return problems
 
 
-def preprocess_problems(pre: Preprocess, key: str, spec: Optional[TensorSpec] = None) -> List[str]:
-    """What is wrong with a preprocess block alone or, given ``spec``, against the model input it feeds."""
+def preprocess_problems(pre: Preprocess, key: str) -> List[str]:
+    """What is wrong with a preprocess block on its own."""
     problems = []
-    if spec is None:
-        if len(pre.size) != 2 or any(d == 0 or d < -1 for d in pre.size):
-            problems.append(f"{key}.size = {list(pre.size)}: [H, W], each >= 1 or -1 (the image's own size, rounded to multiple_of)")
-        if pre.multiple_of < 1:
-            problems.append(f"{key}.multiple_of = {pre.multiple_of}: must be >= 1")
-        for name in ("mean", "std"):
-            values = getattr(pre, name)
-            if len(values) not in (0, 1, pre.channels):
-                problems.append(f"{key}.{name} = {list(values)}: one value per channel ({pre.channels} for color "
-                                f"{option_value(pre.color)}), one for all, or []")
-        if any(s == 0 for s in pre.std):
-            problems.append(f"{key}.std = {list(pre.std)}: no value may be 0")
-        if pre.dtype not in INPUT_DTYPES:
-            problems.append(f"{key}.dtype = {pre.dtype!r}: one of {sorted(INPUT_DTYPES)}")
-        return problems
+    if len(pre.size) != 2 or any(d == 0 or d < -1 for d in pre.size):
+        problems.append(f"{key}.size = {list(pre.size)}: [H, W], each >= 1 or -1 (the image's own size, rounded to multiple_of)")
+    if pre.multiple_of < 1:
+        problems.append(f"{key}.multiple_of = {pre.multiple_of}: must be >= 1")
+    for name in ("mean", "std"):
+        values = getattr(pre, name)
+        if len(values) not in (0, 1, pre.channels):
+            problems.append(f"{key}.{name} = {list(values)}: one value per channel ({pre.channels} for color "
+                            f"{option_value(pre.color)}), one for all, or []")
+    if any(s == 0 for s in pre.std):
+        problems.append(f"{key}.std = {list(pre.std)}: no value may be 0")
+    if pre.dtype not in INPUT_DTYPES:
+        problems.append(f"{key}.dtype = {pre.dtype!r}: one of {sorted(INPUT_DTYPES)}")
+    return problems
+
+
+def preprocess_fit_problems(pre: Preprocess, key: str, spec: TensorSpec) -> List[str]:
+    """What the images a preprocess block makes do not fit in the model input ``spec`` (channels, size, layout, dtype)."""
+    problems = []
     if not spec.batch or len(spec.shape) != 4:
         return [f"{key}: images feed a 4-D input with a batch axis; input '{spec.name}' is {spec.shape}{'' if spec.batch else ' (batch: false)'}"]
     if spec.dtype != pre.dtype:

@@ -36,8 +36,10 @@ def _resize(image, pre: Preprocess, size: Tuple[int, int]):
     from PIL import Image
 
     height, width = size
-    if pre.resize == ResizeMode.stretch or (image.height, image.width) == (height, width):
-        return image.resize((width, height), Image.BILINEAR) if (image.height, image.width) != (height, width) else image
+    if (image.height, image.width) == (height, width):
+        return image
+    if pre.resize == ResizeMode.stretch:
+        return image.resize((width, height), Image.BILINEAR)
     if pre.resize == ResizeMode.center_crop:  # scale so the image covers the size, crop the centre
         scale = max(height / image.height, width / image.width)
         scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR)
@@ -69,11 +71,4 @@ def preprocess_image(image, pre: Preprocess) -> np.ndarray:
     if pre.layout == Layout.nchw:
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels.astype(np.dtype(pre.dtype)))
-
-
-def describe(pre: Preprocess) -> dict:
-    """The resolved preprocessing, for sidecars and Triton configs (whoever serves the artifact feeds it the same way)."""
-    from ..config.schema import as_plain
-
-    return as_plain(pre)
 

@@ -53,8 +53,8 @@ def _check_data_fits(ctx: BuildContext, source: Path, dataset, splits) -> None:
     other names, dtypes or shapes, or FP32 outputs that are not finite, fail here naming what was wrong."""
     from ..onnx_tools.byo import check_data_fits
 
-    first = next(iter(dataset.batches(splits.train, ctx.model.batch_size(2))))[0]
-    check_data_fits(source, dataset.load(first), ctx.model, ctx.entry.model, ctx.entry.dataset)
+    _, feeds = next(iter(dataset.batches(splits.train, ctx.model.batch_size(2))))
+    check_data_fits(source, feeds, ctx.model, ctx.entry.model, ctx.entry.dataset)
 
 
 def _uses_dynamic_ranges(ctx: BuildContext) -> bool:
