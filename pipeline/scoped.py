@@ -33,12 +33,17 @@ def deterministic_torch(threads: int = 1) -> Iterator[None]:
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False  # oneDNN JIT-compiles its kernels per instruction set
+    # NNPACK (ATen's pick for stride-1 convolutions on batches of 16+ once oneDNN is off) sums the
+    # input channels in blocks sized by the L1 cache: 54 channels on a 48 KB-L1 Xeon, 36 on a 32 KB
+    # EPYC, so the same convolution rounds differently. Off, convolutions run im2col + MKL GEMM.
+    nnpack_before = torch.backends.nnpack.set_flags(False)[0]
     try:
         yield
     finally:
         torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(deterministic_before)
         torch.backends.mkldnn.enabled = onednn_before
+        torch.backends.nnpack.set_flags(nnpack_before)
 
 
 # ATen's generic kernels and MKL's branch that gives the same results on every x86-64 CPU.

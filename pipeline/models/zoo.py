@@ -4,7 +4,8 @@
   deterministic algorithms, and float kernels that give the same bits on every x86-64 CPU kind), so
   INT8-vs-FP32 accuracy is meaningful.
 * ``torchvision``: an architecture by name. Without weights offline, weights are random and the
-  BatchNorm statistics are re-estimated on real training images so outputs differ per image.
+  BatchNorm statistics are re-estimated on real training images (on the same portable kernels) so
+  outputs differ per image.
 """
 from __future__ import annotations
 
@@ -123,16 +124,19 @@ def _recalibrate_batchnorm(model, cfg: ModelConfig, dataset: Dataset, splits: Sp
 
 def prepare_checkpoint(cfg: ModelConfig, dataset: Dataset, splits: Splits, out_path: Path, progress: Callable[[str], None] = lambda _: None) -> None:
     """Build the model, train or re-estimate it, and save its state_dict atomically."""
-    # Training compounds last-bit differences over thousands of steps; BatchNorm statistics (one pass,
-    # averaged) came out identical on AVX2 and AVX-512 machines with the vectorized kernels, so they keep them.
-    if cfg.train is not None and not portable_float_kernels():
+    # Training compounds last-bit differences over thousands of steps, and BatchNorm statistics are sums
+    # over whole convolution outputs: both run on the portable kernels, so every x86-64 CPU gives the same
+    # checkpoint (tests/test_reproducible.py holds its hash). Loading weights computes nothing.
+    loads_weights = bool(cfg.weights_path) and cfg.source == ModelSource.torchvision
+    computes = not loads_weights and (cfg.train is not None or cfg.bn_recalibration_batches > 0)
+    if computes and not portable_float_kernels():
         progress("[yellow]torch computed before in this process, with its kernels for this CPU: the checkpoint may differ "
                  "in its last bits from one made on another CPU kind[/yellow]")
     import torch
 
     with deterministic_torch():  # bitwise-reproducible training and BatchNorm statistics
         model = build_torch_model(cfg)
-        if cfg.weights_path and cfg.source == ModelSource.torchvision:
+        if loads_weights:
             model.load_state_dict(load_checkpoint(cfg.weights_path))
         elif cfg.train is not None:
             _train(model, cfg, dataset, splits, progress)
