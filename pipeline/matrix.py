@@ -6,6 +6,11 @@ after fetching the run-cache from the default remote, and pushes what it made. S
 device this machine lacks (validating and benchmarking a GPU engine without the GPU) are left to a
 machine that has it. `python -m pipeline run --report` fetches every target's results and writes
 the one report. DVC's run-cache is what keeps a stage from running twice on different machines.
+
+DVC restores a stage from the run-cache only when dvc.lock does not already name its outputs: with a
+lock entry it pulls exactly those outputs and, when no cache or remote has them (a dvc.lock committed
+from a machine that never pushed, or from another CPU kind), runs the stage. So both commands first
+forget the lock entries whose outputs are nowhere, and the run-cache answers for those stages.
 """
 from __future__ import annotations
 
@@ -87,12 +92,36 @@ def target_stages(cfg: PipelineConfig, target: str) -> List[str]:
     return stages
 
 
+def forget_unobtainable_results(repo: Path, targets: Sequence[str]) -> List[str]:
+    """Drop from dvc.lock the entries, among ``targets`` and the stages they depend on, whose outputs are
+    in neither this clone's cache nor the default remote; returns the stages dropped."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        stages = {stage.addressing: stage for target in targets for stage in dvc_repo.stage.collect(target, with_deps=True)}
+        # Outputs kept out of the cache (the environment probe's, `cache: false`) are remade by their stage.
+        locked = {name: [out.hash_info.value for out in stage.outs if out.use_cache] for name, stage in stages.items()
+                  if any(out.use_cache for out in stage.outs) and all(out.hash_info for out in stage.outs)}
+        wanted = {oid for oids in locked.values() for oid in oids}
+        present = set(dvc_repo.cache.local.oids_exist(list(wanted)))
+        if wanted - present:
+            present |= set(dvc_repo.cloud.get_remote_odb(None, command="run").oids_exist(list(wanted - present)))
+        dropped = sorted(name for name, oids in locked.items() if not set(oids) <= present)
+        for name in dropped:
+            stages[name].dvcfile._lockfile.remove_stage(stages[name])
+    if dropped:
+        console.print(f"{len(dropped)} stages: dvc.lock names results that no cache or remote holds (made on another machine, "
+                      f"never pushed?); looking them up in the run-cache instead: {', '.join(dropped)}")
+    return dropped
+
+
 def run_targets(cfg: PipelineConfig, targets: Sequence[str], repo: Path = Path("."), share: bool = True) -> List[str]:
     """Fetch the run-cache, reproduce the targets' stages, push the results; returns the stages asked for."""
     stages = [stage for target in targets for stage in target_stages(cfg, target)]
     if share:
         check_remote(repo)
         _dvc(repo, "fetch", "--run-cache", what="fetching results from the remote")
+        forget_unobtainable_results(repo, stages)
     console.print(f"running {len(stages)} stages for {', '.join(targets)} (the run-cache restores what another machine made)")
     # --pull: a stage found in the run-cache takes its outputs from the remote instead of running.
     done = _dvc(repo, "repro", *(["--pull"] if share else []), *stages, what="dvc repro")
@@ -107,5 +136,6 @@ def report(repo: Path = Path("."), share: bool = True) -> None:
     if share:
         check_remote(repo)
         _dvc(repo, "fetch", "--run-cache", what="fetching results from the remote")
+        forget_unobtainable_results(repo, ["report"])
     done = _dvc(repo, "repro", *(["--pull"] if share else []), "report", what="dvc repro report")
     sys.stdout.write(done.stdout)

@@ -3,12 +3,16 @@
 Machine A runs the pipeline, commits dvc.lock and pushes with the run-cache; machine B clones that
 commit, pulls, and `dvc repro` runs no stage; a benchmark param changed on B reruns the benchmark stages
 and the report only. Machine C has no dvc.lock at all (a branch that never committed one): it fetches
-the run-cache and `dvc repro` restores every stage from it instead of running it."""
+the run-cache and `dvc repro --pull` restores every stage from it instead of running it. Machine E's
+committed dvc.lock names results made on another CPU kind that never reached the remote: `python -m
+pipeline run --report` restores every stage from the run-cache all the same."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
+import yaml
 
 from .conftest import REPO
 from .test_dvc_pipeline import SMALL, project_repo, ran, run, set_param
@@ -73,6 +77,27 @@ def test_a_machine_without_dvc_lock_restores_every_stage_from_the_run_cache(mach
         (a / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "model.onnx").read_bytes()
 
 
+def test_a_dvc_lock_from_another_cpu_kind_still_restores_from_the_run_cache(machines, tmp_path):
+    """E's committed dvc.lock has A's dependencies but other outputs (as another CPU kind would make them,
+    never pushed: each output hash replaced by one that no cache holds). Plain `dvc repro --pull` gives up
+    on such a lock and runs the stage; `pipeline run --report` forgets those entries and the run-cache
+    answers, so nothing runs and the lock ends as A's."""
+    a, _, _, _ = machines
+    e = _clone(a, tmp_path / "machine_e", a.parent / "shared-storage")
+    lock = _lock(e)
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            if "md5" in out:
+                out["md5"] = ("f" * 32) + (".dir" if out["md5"].endswith(".dir") else "")
+    (e / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    run(e, "git", "commit", "-qam", "dvc.lock made on another CPU kind")
+    result = run(e, sys.executable, "-m", "pipeline", "run", "--report")
+    assert ran(result) == set(), result.stdout
+    assert "looking them up in the run-cache" in result.stderr
+    outputs = lambda repo: {o["path"]: o.get("md5") for s in _lock(repo)["stages"].values() for o in s.get("outs", [])}
+    assert outputs(e) == outputs(a)
+
+
 def test_a_corrupted_object_in_the_remote_is_refused_not_trusted(machines, tmp_path):
     """Bytes flipped in the engine's object on the shared storage: a clone pulling it fails naming the
     object (the remote verifies what it serves, .dvc/config `verify = true`), and no engine lands."""
@@ -98,8 +123,6 @@ def test_a_corrupted_object_in_the_remote_is_refused_not_trusted(machines, tmp_p
 
 
 def _lock(repo) -> dict:
-    import yaml
-
     return yaml.safe_load((repo / "dvc.lock").read_text())
 
 
