@@ -264,6 +264,11 @@ def test_dvc_exp_run_refuses_an_output_folder_outside_the_project_before_touchin
     assert result.returncode != 0 and "output folders must be inside the project" in result.stdout + result.stderr
     after = sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".git" not in p.parts and ".dvc" not in p.parts)
     assert after == before and (root / "params.yaml").read_bytes() == params and not (tmp_path / "outside").exists()
+    # A group option that is a path fails inside Hydra's loader with the message `pipeline compose` gives.
+    result = run(root, "dvc", "exp", "run", "-S", "model=[../config]", check=False)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0 and "model option '../config' in 'model=[../config]' is not an option name" in said, said
+    assert "available model options: digits_cnn" in said and (root / "params.yaml").read_bytes() == params
 
 
 def test_a_queued_sweep_runs_two_experiments_and_shows_both_results(repo):

@@ -12,22 +12,7 @@ from ..io import write_text
 from . import registry  # noqa: F401  (schema + resolver)
 from .schema import PipelineConfig
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-_GROUPS = ("model", "target", "precision", "dataset", "calibration", "benchmark")
-
-
-def _check_group_overrides(overrides: Sequence[str]) -> None:
-    """A group option is a file name in conf/<group>/, never a path (``model=[../target/cpu]``
-    would load another group's file under its own package, silently)."""
-    for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        if sep and key in _GROUPS:
-            for option in value.strip("[]").split(","):
-                if option and not re.fullmatch(r"[A-Za-z0-9_.-]+", option) or ".." in option:
-                    raise PipelineError(f"{key} option '{option}' in '{override}' is not an option name; "
-                                        f"available {key} options: {', '.join(sorted(p.stem for p in (CONF_DIR / key).glob('*.yaml')))}")
+CONF_DIR = registry.CONF_DIR
 
 
 def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR, project: Optional[Path] = None) -> DictConfig:
@@ -38,7 +23,7 @@ def compose(overrides: Sequence[str] = (), config_dir: Path | str = CONF_DIR, pr
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    _check_group_overrides(overrides)
+    registry.check_group_overrides(overrides, Path(config_dir))
     token = registry.COMPOSE_ROOT.set(Path(project).resolve() if project is not None else None)
     try:
         with initialize_config_dir(str(Path(config_dir).resolve()), version_base=None):

@@ -6,12 +6,14 @@ is how ``dvc exp run``'s composition gets them) and by :mod:`pipeline.config.com
 from __future__ import annotations
 
 import contextvars
+import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import PipelineError
 from .schema import BuildEntry, ModelEntry, PipelineConfig, Precision, option_value
 
 SCHEMA_NAME = "pipeline_schema"
@@ -134,7 +136,45 @@ def model_entries(models: DictConfig, datasets: DictConfig) -> Dict[str, ModelEn
     return entries
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("model", "target", "precision", "dataset", "calibration", "benchmark", "serving")
+
+
+def check_group_overrides(overrides: Sequence[str], config_dir: Path = CONF_DIR) -> None:
+    """A group option is a file name in conf/<group>/, never a path (``model=[../target/cpu]`` would load
+    another group's file under its own package, silently; ``model=[../config]`` fails deep in Hydra)."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in GROUPS:
+            for option in value.strip("[]").split(","):
+                if option and not re.fullmatch(r"[A-Za-z0-9_.-]+", option) or ".." in option:
+                    raise PipelineError(f"{key} option '{option}' in '{override}' is not an option name; "
+                                        f"available {key} options: {', '.join(sorted(p.stem for p in (config_dir / key).glob('*.yaml')))}")
+
+
+def _check_overrides_in_every_composition() -> None:
+    """`dvc exp run -S` composes through Hydra alone, so the group-option check runs inside Hydra's loader,
+    before it reads a file: one message naming the option and what exists, on every path that composes."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.errors import ConfigCompositionException
+
+    unchecked = ConfigLoaderImpl.load_configuration
+    if getattr(unchecked, "checks_group_overrides", False):
+        return
+
+    def load_configuration(self, config_name, overrides, *args, **kwargs):
+        try:
+            check_group_overrides(overrides)
+        except PipelineError as exc:
+            raise ConfigCompositionException(str(exc)) from None
+        return unchecked(self, config_name, overrides, *args, **kwargs)
+
+    load_configuration.checks_group_overrides = True
+    ConfigLoaderImpl.load_configuration = load_configuration
+
+
 def register() -> None:
+    _check_overrides_in_every_composition()
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
     if not OmegaConf.has_resolver(MATRIX_RESOLVER):
         OmegaConf.register_new_resolver(MATRIX_RESOLVER, build_matrix)
