@@ -2,7 +2,8 @@
 
 compose: conf/ (+ Hydra overrides, e.g. ``precision=[fp32,int8] model=[digits_cnn]``) -> params.yaml,
          exactly as ``dvc exp run -S`` composes it, for ``dvc repro`` users.
-check:   fail when params.yaml differs from the composition of conf/ (CI runs this).
+check:   fail when params.yaml differs from the composition of conf/ (CI runs this); ``--rehash`` also
+         makes DVC hash every dependency again (an edit that kept a file's size and time is otherwise unseen).
 serve:   serve one packaged build on a real Triton server in the foreground until Ctrl-C.
 deploy:  promote a packaged build to the next version of a live repository on a running Triton server
          (explicit model control), checked first; ``--rollback`` serves the previous good version again.
@@ -79,6 +80,8 @@ def main() -> None:
     check = commands.add_parser("check", help="params.yaml must equal the composition of conf/")
     check.add_argument("overrides", nargs="*")
     check.add_argument("--params", default="params.yaml")
+    check.add_argument("--rehash", action="store_true",
+                       help="forget DVC's remembered file hashes, so its next run hashes every dependency again")
     serve = commands.add_parser("serve", help="serve a packaged build on Triton until Ctrl-C")
     serve.add_argument("build")
     serve.add_argument("--params", default="params.yaml")
@@ -147,6 +150,10 @@ def main() -> None:
             text = write_params(args.output, args.overrides)
         console.print(f"wrote {args.output} ({len(text.splitlines())} lines)")
     else:
+        if args.rehash:
+            from .matrix import forget_remembered_hashes
+
+            forget_remembered_hashes(Path(args.params).resolve().parent)
         expected = compose_yaml(args.overrides, project=Path(args.params).resolve().parent)
         path = Path(args.params)
         actual = path.read_text(encoding="utf-8") if path.is_file() else ""

@@ -115,6 +115,17 @@ def forget_unobtainable_results(repo: Path, targets: Sequence[str]) -> List[str]
     return dropped
 
 
+def forget_remembered_hashes(repo: Path) -> None:
+    """DVC remembers each file's hash by its inode, size and modification time, so an edit that keeps all
+    three (a same-size rewrite with the old time put back) is not seen. Forgetting them makes the next
+    `dvc status` / `dvc repro` hash every dependency again (slow on large data, once)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        dvc_repo.state.hashes.clear()
+    console.print("DVC's remembered file hashes are cleared: its next run hashes every dependency again")
+
+
 def run_targets(cfg: PipelineConfig, targets: Sequence[str], repo: Path = Path("."), share: bool = True) -> List[str]:
     """Fetch the run-cache, reproduce the targets' stages, push the results; returns the stages asked for."""
     stages = [stage for target in targets for stage in target_stages(cfg, target)]

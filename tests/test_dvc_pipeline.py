@@ -271,6 +271,29 @@ def test_dvc_exp_run_refuses_an_output_folder_outside_the_project_before_touchin
     assert "available model options: digits_cnn" in said and (root / "params.yaml").read_bytes() == params
 
 
+def test_check_rehash_sees_an_edit_that_kept_size_and_time(repo):
+    """DVC remembers hashes by inode, size and mtime: a same-size edit with the old time put back is
+    invisible to `dvc status` until `pipeline check --rehash` makes it hash the file again."""
+    root, _ = repo
+    module = root / "stages" / "report.py"
+    original, times = module.read_bytes(), module.stat()
+    assert run(root, "dvc", "status", "report").stdout.strip().endswith("up to date.")
+
+    def rewrite(data: bytes) -> None:
+        module.write_bytes(data)  # in place: the same inode
+        os.utime(module, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+    try:
+        rewrite(original.replace(b"one precision table", b"One precision table", 1))
+        assert "report" not in run(root, "dvc", "status", "report").stdout, "DVC's remembered hash hides the edit"
+        run(root, sys.executable, "-m", "pipeline", "check", "--rehash", *SMALL)
+        assert "changed deps" in run(root, "dvc", "status", "report").stdout
+    finally:
+        rewrite(original)
+        run(root, sys.executable, "-m", "pipeline", "check", "--rehash", *SMALL)
+    assert run(root, "dvc", "status", "report").stdout.strip().endswith("up to date.")
+
+
 def test_a_queued_sweep_runs_two_experiments_and_shows_both_results(repo):
     """`dvc exp run --queue -S ...` twice, `dvc queue start --jobs 2`, then `dvc exp show` lists both
     experiments with their own metrics (unchanged stages come from the run-cache)."""
