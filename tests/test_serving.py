@@ -287,6 +287,43 @@ def test_a_port_just_freed_is_usable_at_once_and_a_port_out_of_range_is_named(se
             pass
 
 
+def test_an_http_body_over_the_limit_is_refused_in_front_and_the_server_stays_up(served):
+    """Triton 2.51 has no request-size option, and a 16 MB JSON body killed it on an EPYC host: the HTTP port
+    is a guard that answers 413 for bodies over serving.http_max_request_mb (15), declared or chunked, before
+    they reach the server; requests under it pass through, keep-alive included."""
+    import http.client
+    import json
+
+    from pipeline.data import load_dataset
+    from pipeline.steps.serve_step import served as serving
+
+    _, ctx, _, _ = served
+    image = load_dataset("digits", ctx.dataset, ctx.model.inputs).load([0])["input"]
+    request = json.dumps({"inputs": [{"name": "input", "shape": list(image.shape), "datatype": "FP32", "data": image.ravel().tolist()}]})
+    path = f"/v2/models/{ctx.name}/infer"
+    with serving(ctx) as (server, _):
+        host, port = server.http.rsplit(":", 1)
+        kept_open = http.client.HTTPConnection(host, int(port), timeout=60)
+
+        def answer(connection, body, chunked=False):
+            connection.request("POST", path, body=body, headers={"Content-Type": "application/json"}, encode_chunked=chunked)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+
+        status, first = answer(kept_open, request)
+        assert status == 200 and first["outputs"][0]["shape"] == [1, 10]
+        for megabytes in (16, 64):
+            padded = (request + " " * (megabytes * 2**20 - len(request))).encode()
+            status, refusal = answer(http.client.HTTPConnection(host, int(port), timeout=60), padded)
+            assert status == 413 and f"of {megabytes * 2**20} bytes" in refusal["error"], refusal
+            assert "serving.http_max_request_mb" in refusal["error"]
+        pieces = iter([request.encode()] + [b" " * 2**20] * 16)  # no declared length: counted as it comes
+        status, refusal = answer(http.client.HTTPConnection(host, int(port), timeout=60), pieces, chunked=True)
+        assert status == 413 and "serving.http_max_request_mb" in refusal["error"]
+        assert server.process.poll() is None and server.api.ready(ctx.name)
+        assert answer(kept_open, request) == (200, first), "the server answers as before, on the same connection"
+
+
 def _foreground() -> None:
     # As a terminal starts a foreground command: a test run launched in the background (`cmd &` in a
     # script) inherits SIGINT ignored, and Python keeps an ignored SIGINT, so Ctrl-C would do nothing.

@@ -78,6 +78,7 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
     need(serve.intra_op_threads >= 0, "serving.intra_op_threads", serve.intra_op_threads, "must be >= 0")
     need(serve.warmup_samples >= 0, "serving.warmup_samples", serve.warmup_samples, "must be >= 0")
     need(serve.startup_timeout_s > 0, "serving.startup_timeout_s", serve.startup_timeout_s, "must be > 0")
+    need(0 < serve.http_max_request_mb <= 4096, "serving.http_max_request_mb", serve.http_max_request_mb, "in (0, 4096]")
     need(serve.agreement_samples >= 1, "serving.agreement_samples", serve.agreement_samples, "must be >= 1")
     need(serve.agreement_atol >= 0 and serve.agreement_rtol >= 0, "serving.agreement_atol/rtol", (serve.agreement_atol, serve.agreement_rtol), "must be >= 0")
     need(bool(serve.concurrency) and all(c >= 1 for c in serve.concurrency), "serving.concurrency", serve.concurrency, "a non-empty list of levels >= 1")

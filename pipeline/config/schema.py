@@ -461,6 +461,8 @@ class ServingConfig:
     cuda_graphs: bool = True  # TensorRT targets: Triton replays CUDA graphs for the native form
     warmup_samples: int = 4  # validation samples the server runs before it reports ready
     startup_timeout_s: float = 60.0
+    # HTTP bodies over this are refused (413) in front of Triton 2.51, which has no such option and died on 16 MB
+    http_max_request_mb: float = 15.0
     agreement_samples: int = 64  # validation samples served and compared with the offline engine
     agreement_atol: float = 1e-4  # served vs offline outputs: |served - offline| <= atol + rtol * |offline|
     agreement_rtol: float = 1e-3

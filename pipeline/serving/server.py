@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import PipelineError
+from .http_guard import HttpBodyGuard
 
 _PR_SET_PDEATHSIG = 1
 
@@ -152,7 +153,7 @@ class TritonServer:
 
     def __init__(self, repository: Path, log_path: Path, http_port: Optional[int] = None, grpc_port: Optional[int] = None,
                  metrics_port: Optional[int] = None, explicit_models: bool = False, startup_timeout_s: float = 60.0,
-                 backend_config: Sequence[str] = ()):
+                 backend_config: Sequence[str] = (), max_http_body_bytes: Optional[int] = None):
         self.repository, self.log_path = Path(repository), Path(log_path)
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.explicit_models, self.startup_timeout_s = explicit_models, startup_timeout_s
@@ -160,6 +161,9 @@ class TritonServer:
         # The Python backend's shared-memory regions get a name of this server's own, so stopping can remove
         # them even after the server was killed (it removes them itself only when it exits cleanly).
         self.shm_prefix = f"trt_pipeline_{os.getpid()}_{secrets.token_hex(4)}"
+        # With a limit, the HTTP port is a guard that refuses larger bodies; Triton listens behind it.
+        self.max_http_body_bytes = max_http_body_bytes
+        self.guard: Optional[HttpBodyGuard] = None
         self.process: Optional[subprocess.Popen] = None
         self.startup_seconds: Optional[float] = None
 
@@ -184,8 +188,15 @@ class TritonServer:
                 raise PipelineError(f"the Triton {kind} port {port} is already in use on 127.0.0.1; choose another or stop what holds it")
             self.ports[kind] = port or free_port()
         self.api = TritonHttp(self.http)
+        triton_http_port = self.ports["http"]
+        if self.max_http_body_bytes is not None:
+            triton_http_port = free_port()
+            try:
+                self.guard = HttpBodyGuard(self.ports["http"], triton_http_port, self.max_http_body_bytes).__enter__()
+            except OSError as exc:
+                raise PipelineError(f"the Triton http port {self.ports['http']} cannot be listened on: {exc}") from exc
         command = [str(install.binary), f"--model-repository={self.repository.resolve()}", f"--backend-directory={install.backends}",
-                   f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}", f"--metrics-port={self.ports['metrics']}",
+                   f"--http-port={triton_http_port}", f"--grpc-port={self.ports['grpc']}", f"--metrics-port={self.ports['metrics']}",
                    "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--log-verbose=0", "--exit-on-error=true",
                    f"--model-control-mode={'explicit' if self.explicit_models else 'none'}", "--strict-readiness=true",
                    "--allow-gpu-metrics=false", "--allow-cpu-metrics=true", f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
@@ -196,10 +207,10 @@ class TritonServer:
         env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, library_path)))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
         try:
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                                preexec_fn=_die_with_parent)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -260,6 +271,9 @@ class TritonServer:
         """Stop the server and everything it started (the Python-backend stubs): TERM, then KILL; and
         remove its shared memory. Also when the server is already dead (killed): its stubs live on in
         its process group, and its regions stay in /dev/shm, unless removed here."""
+        if self.guard is not None:
+            self.guard.__exit__(None, None, None)
+            self.guard = None
         if self.process is None:
             return
         if self.process.poll() is None:

@@ -42,7 +42,8 @@ def served(ctx: BuildContext, http_port: Optional[int] = None, grpc_port: Option
     with scratch_dir(build_paths(ctx.config, ctx.name).serve_metrics) as work:
         repository = work / "repository"
         live_copy(package, repository, VERSION, env)
-        with TritonServer(repository, work / "tritonserver.log", http_port, grpc_port, metrics_port, startup_timeout_s=timeout) as server:
+        with TritonServer(repository, work / "tritonserver.log", http_port, grpc_port, metrics_port, startup_timeout_s=timeout,
+                          max_http_body_bytes=int(ctx.config.serving.http_max_request_mb * 2**20)) as server:
             yield server, server.startup_seconds + server.wait_model_ready(ctx.name, timeout_s=timeout)
 
 
