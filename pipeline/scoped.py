@@ -33,9 +33,9 @@ def deterministic_torch(threads: int = 1) -> Iterator[None]:
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False  # oneDNN JIT-compiles its kernels per instruction set
-    # NNPACK (ATen's pick for stride-1 convolutions on batches of 16+ once oneDNN is off) sums the
-    # input channels in blocks sized by the L1 cache: 54 channels on a 48 KB-L1 Xeon, 36 on a 32 KB
-    # EPYC, so the same convolution rounds differently. Off, convolutions run im2col + MKL GEMM.
+    # NNPACK (ATen's pick for stride-1 convolutions on batches of 16+ once oneDNN is off) is a Winograd
+    # path that runs or not, and blocks its sums, by what it detects of the CPU and its caches. Off,
+    # convolutions run im2col + MKL GEMM, one code path on every CPU.
     nnpack_before = torch.backends.nnpack.set_flags(False)[0]
     try:
         yield
