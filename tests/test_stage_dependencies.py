@@ -46,7 +46,8 @@ UNREAD_HERE = {
                   "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU",
                   "pipeline/evaluate/gpu_benchmark.py": "GPU targets only"},
     "serve": {"pipeline/backends/tensorrt_backend.py": "serving a TensorRT engine needs a GPU",
-              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU"},
+              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU",
+              "pipeline/backends/openvino_backend.py": "the embedded server's environment has no OpenVINO: its builds are not served"},
 }
 
 
@@ -129,6 +130,9 @@ def observed(tmp_path_factory, legacy_onnx):
         # Dynamic INT8 ranges and the per-layer speed guard (on the portable target, so any host times layers).
         (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "model.digits_cnn.int8_activations=dynamic",
           "target.cpu.quantization.min_layer_speedup=1.02"], {"calibrate"}),
+        # The OpenVINO backend (compiles the calibrated model; packaged in Triton's openvino form).
+        (["model=[digits_cnn]", "dataset=[digits]", "target=[cpu_amx_openvino]", "precision=[int8]", "serving.warmup_samples=2",
+          "benchmark=quick"], {"environment", "calibrate", "build", "validate", "benchmark", "package"}),
         # The user's own images: a folder outside the project, a dependency of the stages that read data.
         (["model=[onnx_file]", f"model.onnx_file.weights_path={user_model}", "model.onnx_file.dataset=image_folder", "dataset=[image_folder]",
           "precision=[int8]", "model.onnx_file.inputs=[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]",

@@ -13,6 +13,10 @@ def get_backend(kind: BackendKind | str) -> Backend:
         from .onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
+    if kind == BackendKind.openvino:
+        from .openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend()
     from .tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(rtx=kind == BackendKind.tensorrt_rtx)

@@ -189,6 +189,11 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
         need(min_layer_speedup is None or (min_layer_speedup > 0 and option_value(target.backend) == "onnxruntime"
                                            and option_value(target.device) == "cpu"),
              f"{key}.quantization.min_layer_speedup", min_layer_speedup, "null, or > 0 on ONNX Runtime CPU targets (layers are timed on this host)")
+        if option_value(target.backend) == "openvino":
+            need(option_value(target.device) == "cpu", f"{key}.device", option_value(target.device), "cpu: the openvino backend builds for the CPU")
+            openvino_precisions = ["fp32", "int8"]
+            need(all(option_value(p) in openvino_precisions for p in target.precisions), f"{key}.precisions",
+                 [option_value(p) for p in target.precisions], f"the openvino backend builds {openvino_precisions}")
         build = target.build
         need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")
         need(build.workspace_mib >= 1, f"{key}.build.workspace_mib", build.workspace_mib, "must be >= 1")

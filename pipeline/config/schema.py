@@ -39,6 +39,7 @@ class Backend(str, Enum):
     onnxruntime = "onnxruntime"
     tensorrt = "tensorrt"
     tensorrt_rtx = "tensorrt_rtx"
+    openvino = "openvino"
 
 
 class Device(str, Enum):

@@ -92,9 +92,11 @@ def python_form_problem(backend, device) -> str:
             f"onnxruntime, on the CPU or, on a GPU host, CUDA). Its native package is for a Triton server on its own target")
 
 
-def runner_modules(device: Device) -> List[str]:
-    """The project modules the Python form vendors: the runner, and its CUDA layer for GPU builds."""
-    return RUNNER_MODULES + (["backends/cuda_runtime.py"] if device == Device.cuda else [])
+def runner_modules(device: Device, backend: str = "onnxruntime") -> List[str]:
+    """The project modules the Python form vendors: the runner, its CUDA layer for GPU builds, and the
+    OpenVINO runner for OpenVINO builds (served where the Python backend's environment has OpenVINO)."""
+    return (RUNNER_MODULES + (["backends/cuda_runtime.py"] if device == Device.cuda else [])
+            + (["backends/openvino_backend.py"] if backend == "openvino" else []))
 
 
 @dataclass
@@ -176,6 +178,15 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
         shutil.copyfile(artifact, native_dir / VERSION / "model.onnx")
         if threads:
             native.parameters["intra_op_thread_count"].string_value = str(threads)
+    elif sidecar["backend"] == "openvino":
+        # Triton's openvino backend: the IR, compiled with the build's properties (the precision above all).
+        native.backend = "openvino"
+        shutil.copyfile(artifact, native_dir / VERSION / "model.xml")
+        shutil.copyfile(engine_dir / sidecar["weights"], native_dir / VERSION / "model.bin")
+        for key, value in sidecar["properties"].items():
+            native.parameters[key].string_value = value
+        if threads:
+            native.parameters["INFERENCE_NUM_THREADS"].string_value = str(threads)
     else:
         native.platform, native.backend = "tensorrt_plan", "tensorrt"
         shutil.copyfile(artifact, native_dir / VERSION / "model.plan")
@@ -190,7 +201,7 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     version_dir = python_dir / VERSION
     version_dir.mkdir(parents=True)
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
-    for module in runner_modules(device):
+    for module in runner_modules(device, sidecar["backend"]):
         target = version_dir / "pipeline" / module
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PACKAGE_ROOT / module, target)
