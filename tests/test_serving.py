@@ -320,6 +320,11 @@ def test_an_http_body_over_the_limit_is_refused_in_front_and_the_server_stays_up
         pieces = iter([request.encode()] + [b" " * 2**20] * 16)  # no declared length: counted as it comes
         status, refusal = answer(http.client.HTTPConnection(host, int(port), timeout=60), pieces, chunked=True)
         assert status == 413 and "serving.http_max_request_mb" in refusal["error"]
+        import socket
+
+        with socket.create_connection((host, int(port)), timeout=10) as raw:  # a length no client can mean
+            raw.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".encode())
+            assert raw.recv(4096).startswith(b"HTTP/1.1 400 ")
         assert server.process.poll() is None and server.api.ready(ctx.name)
         assert answer(kept_open, request) == (200, first), "the server answers as before, on the same connection"
 

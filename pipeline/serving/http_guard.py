@@ -49,6 +49,8 @@ async def _forward_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamW
     while True:
         line = await reader.readuntil(b"\r\n")
         length = int(line.split(b";")[0].strip() or b"0", 16)
+        if length < 0:
+            raise ValueError(length)
         size += length
         if size > limit:
             raise RequestTooLarge(size)
@@ -146,6 +148,8 @@ class HttpBodyGuard:
                 chunked = "chunked" in headers.get("transfer-encoding", "").lower()
                 try:
                     length = 0 if chunked else int(headers.get("content-length", "0") or 0)
+                    if length < 0:
+                        raise ValueError(length)
                     if length > self.max_body_bytes:
                         raise RequestTooLarge(length)
                     # The head goes first: a client that asked `Expect: 100-continue` waits for the server's answer.
