@@ -9,8 +9,10 @@ import pytest
 
 from pipeline import steps
 from pipeline.backends import get_backend
+from pipeline.backends.onnxruntime_backend import load_onnx_runner
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
+from pipeline.evaluate.host import host_cpu
 from pipeline.io import read_json
 from pipeline.paths import build_paths, model_paths
 
@@ -20,7 +22,7 @@ BUILD = "digits_cnn-cpu_amx_openvino-int8"
 
 
 @pytest.fixture(scope="module")
-def openvino_build(workspace, digits_model, digits_int8, tmp_path_factory):
+def openvino_build(workspace, digits_model, tmp_path_factory):
     """The workspace's digits CNN (prepared once for the session), calibrated and built for cpu_amx_openvino
     in a project of its own."""
     import shutil
@@ -35,7 +37,7 @@ def openvino_build(workspace, digits_model, digits_int8, tmp_path_factory):
     return ctx
 
 
-def test_openvino_runs_the_calibrated_model_like_onnx_runtime_and_passes_the_gates(openvino_build, digits_int8):
+def test_openvino_runs_the_calibrated_model_like_onnx_runtime_and_passes_the_gates(openvino_build):
     ctx = openvino_build
     sidecar = read_json(build_paths(ctx.config, ctx.name).engine_dir / "sidecar.json")
     assert sidecar["backend"] == "openvino" and sidecar["artifact"] == "model.xml"
@@ -47,13 +49,14 @@ def test_openvino_runs_the_calibrated_model_like_onnx_runtime_and_passes_the_gat
 
     dataset = load_dataset("digits", ctx.dataset, ctx.model.inputs)
     feeds = dataset.load(make_splits(dataset, ctx.dataset).validation[:64])
-    with get_backend("openvino").load(build_paths(ctx.config, ctx.name).engine_dir) as openvino, \
-            get_backend("onnxruntime").load(build_paths(digits_int8.config, digits_int8.name).engine_dir) as onnxruntime:
-        ours, theirs = openvino.run(feeds)["logits"], onnxruntime.run(feeds)["logits"]
-    # The same Q/DQ model in two runtimes: the same answers (rounding in the INT8 kernels differs slightly).
-    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.98
-    cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
-    assert cosine.min() > 0.99
+    calibrated = build_paths(ctx.config, ctx.name).calibrated_dir / "model.onnx"
+    with get_backend("openvino").load(build_paths(ctx.config, ctx.name).engine_dir) as openvino:
+        ours, theirs = openvino.run(feeds)["logits"], load_onnx_runner(calibrated).run(feeds)["logits"]
+    if host_cpu().supports("vnni"):  # without VNNI, ONNX Runtime's u8s8 kernels saturate 8-bit weights (README)
+        # The same Q/DQ file in two runtimes: the same answers (their INT8 kernels round slightly differently).
+        assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.98
+        cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+        assert cosine.min() > 0.99
     rows = steps.benchmark(ctx)
     assert rows and all(row["p50_ms"] > 0 for row in rows)
 
