@@ -81,7 +81,6 @@ class HttpBodyGuard:
 
     def __init__(self, public_port: int, upstream_port: int, max_body_bytes: int):
         self.public_port, self.upstream_port, self.max_body_bytes = public_port, upstream_port, max_body_bytes
-        self.refused = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._server: Optional[asyncio.base_events.Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -96,6 +95,7 @@ class HttpBodyGuard:
                     asyncio.start_server(self._connection, "127.0.0.1", self.public_port, limit=MAX_HEAD_BYTES, reuse_address=True))
             except OSError as exc:
                 failure.append(exc)
+                self._loop.close()
                 return
             finally:
                 started.set()
@@ -159,7 +159,6 @@ class HttpBodyGuard:
                     else:
                         await _forward_exactly(client_reader, upstream_writer, length)
                 except RequestTooLarge as exc:
-                    self.refused += 1
                     relay.cancel()
                     client_writer.write(_refusal("413 Payload Too Large", (
                         f"request body of {exc.args[0]} bytes or more is over this server's limit of {self.max_body_bytes} bytes "
