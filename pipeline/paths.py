@@ -66,6 +66,10 @@ class BuildPaths:
         return self.metrics / "batching.json"
 
     @property
+    def build_metrics(self) -> Path:  # the runtime chosen, each candidate's build time and latency
+        return self.metrics / "build.json"
+
+    @property
     def calibrate_metrics(self) -> Path:  # how long calibration took: varies run to run, so not in the artifact
         return self.metrics / "calibrate.json"
 

@@ -82,7 +82,7 @@ def test_every_precision_option_makes_builds_of_that_precision(tmp_path, precisi
         (["precision=[fp16]"], "target 'cpu' cannot run precision ['fp16']; it supports ['fp32', 'int8']"),
         (["target=[a100]", "precision=[fp8]"], "target 'a100' cannot run precision ['fp8']; it supports ['fp32', 'fp16', 'bf16', 'int8']"),
         (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, minilm, onnx_file, resnet18"),
-        (["target=[tpu]"], "available target options: a100, cpu, cpu_amx, cpu_amx_openvino, cpu_avx2, cpu_vnni, h100, h200, h200_ort, jetson_orin, l4, rtx4090"),
+        (["target=[tpu]"], "available target options: a100, cpu, cpu_amx, cpu_avx2, cpu_vnni, h100, h200, h200_ort, jetson_orin, l4, rtx4090"),
         (["calibration=magic"], "available calibration options: entropy, minmax, percentile"),
         (["model.digits_cnn.opset=seventeen"], "could not be converted to Integer"),
         (["target.cpu.backend=tvm"], "expected one of [onnxruntime, tensorrt, tensorrt_rtx, openvino]"),

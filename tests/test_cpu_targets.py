@@ -52,8 +52,9 @@ def test_the_cpu_target_command_names_the_most_specific_target_this_host_runs():
 def amx_and_cpu(workspace, digits_model, tmp_path_factory):
     """The digits CNN at INT8 for the portable `cpu` target and for `cpu_amx`: calibrated, built, validated."""
     root = tmp_path_factory.mktemp("isa")
+    # ONNX Runtime pinned: this is about weights and ISA records (the runtime choice: tests/test_openvino.py).
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu,cpu_amx]", "precision=[int8]", "benchmark=quick",
-                         f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}")
+                         "target.cpu_amx.runtimes=[onnxruntime]", f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}")
     shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
     for name in ("digits_cnn-cpu-int8", "digits_cnn-cpu_amx-int8"):
         ctx = resolve_build(cfg, name)

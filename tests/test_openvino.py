@@ -1,7 +1,9 @@
 """The openvino backend for real: OpenVINO compiles the calibrated Q/DQ digits CNN, the steps validate and
-benchmark it like any build, its IR has the same bytes build after build, and a tampered file is refused."""
+benchmark it like any build, its IR has the same bytes build after build, and a tampered file is refused.
+Then the runtime choice: cpu_amx builds both runtimes, gates and times them, and keeps the faster one."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +20,27 @@ from pipeline.paths import build_paths, model_paths
 
 from .conftest import REPO, compose_config
 
-BUILD = "digits_cnn-cpu_amx_openvino-int8"
+BUILD = "digits_cnn-cpu_amx-int8"
+
+
+def amx_project(workspace, root: Path, *overrides: str):
+    """A project of its own for cpu_amx, holding the workspace's digits CNN (prepared once for the session)."""
+    import shutil
+
+    # Without VNNI, u8s8 INT8 kernels multiply in 16 bits and can saturate full 8-bit weights (the `cpu`
+    # target's 7-bit weights): on such a host the build takes 7-bit weights, so its gates mean the same.
+    weights = [] if host_cpu().supports("vnni") else ["target.cpu_amx.quantization.reduce_range=true"]
+    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "target=[cpu_amx]", *weights, *overrides,
+                         "target.cpu_amx.quantization.min_layer_speedup=null",
+                         f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}")
+    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    return cfg
 
 
 @pytest.fixture(scope="module")
 def openvino_build(workspace, digits_model, tmp_path_factory):
-    """The workspace's digits CNN (prepared once for the session), calibrated and built for cpu_amx_openvino
-    in a project of its own."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("openvino")
-    # Without VNNI, u8s8 INT8 kernels multiply in 16 bits and can saturate full 8-bit weights (the `cpu`
-    # target's 7-bit weights): on such a host the build takes 7-bit weights, so its gates mean the same.
-    weights = [] if host_cpu().supports("vnni") else ["target.cpu_amx_openvino.quantization.reduce_range=true"]
-    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "target=[cpu_amx_openvino]", *weights,
-                         f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}")
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    """cpu_amx with OpenVINO pinned (a one-entry runtimes list): calibrated and built."""
+    cfg = amx_project(workspace, tmp_path_factory.mktemp("openvino"), "target.cpu_amx.runtimes=[openvino]")
     ctx = resolve_build(cfg, BUILD)
     steps.calibrate(ctx)
     steps.build(ctx)
@@ -91,11 +98,14 @@ def test_openvino_artifacts_are_deterministic_and_checked_on_load(openvino_build
         get_backend("openvino").load(copy)
 
 
-def test_openvino_refuses_gpu_targets_and_precisions_it_does_not_build(tmp_path):
-    with pytest.raises(PipelineError, match=r"the openvino backend builds \['fp32', 'int8'\]"):
-        compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu_amx_openvino]", "target.cpu_amx_openvino.precisions=[fp32,fp16]")
-    with pytest.raises(PipelineError, match=r"the openvino backend builds for the CPU"):
-        compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[h200_ort]", "target.h200_ort.backend=openvino")
+def test_runtimes_refuse_devices_and_precisions_they_do_not_build(tmp_path):
+    with pytest.raises(PipelineError, match=r"cannot run precision bf16: none of its runtimes \['onnxruntime'\] computes bf16 on the CPU \(onnxruntime: \['fp32', 'int8'\]\)"):
+        compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu_amx]", "precision=[bf16]",
+                       "target.cpu_amx.runtimes=[onnxruntime]")
+    with pytest.raises(PipelineError, match=r"bf16 on CPU targets with cpu_isa amx only"):
+        compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu_vnni]", "target.cpu_vnni.precisions=[bf16]")
+    with pytest.raises(PipelineError, match=r"target.h200_ort.runtimes = \['openvino'\]: runtimes that build for cuda"):
+        compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[h200_ort]", "target.h200_ort.runtimes=[openvino]")
 
 
 def test_openvino_builds_are_packaged_in_tritons_openvino_form(openvino_build):
@@ -113,3 +123,64 @@ def test_openvino_builds_are_packaged_in_tritons_openvino_form(openvino_build):
     for name in ("model.xml", "model.bin"):
         assert (version / name).read_bytes() == (engine / name).read_bytes()
     assert (Path(written["python"]).parent / "1" / "pipeline" / "backends" / "openvino_backend.py").is_file()
+
+
+@pytest.fixture(scope="module")
+def chosen_builds(workspace, digits_model, tmp_path_factory):
+    """cpu_amx as configured (OpenVINO and ONNX Runtime measured) at int8 and bf16, through build."""
+    cfg = amx_project(workspace, tmp_path_factory.mktemp("choice"), "precision=[int8,bf16]")
+    contexts = {}
+    for precision in ("int8", "bf16"):
+        ctx = contexts[precision] = resolve_build(cfg, f"digits_cnn-cpu_amx-{precision}")
+        steps.calibrate(ctx)
+        steps.build(ctx)
+    return contexts
+
+
+def test_cpu_amx_builds_both_runtimes_times_them_and_keeps_the_faster(chosen_builds):
+    from pipeline.evaluate.runtime_choice import Candidate, choose
+
+    ctx = chosen_builds["int8"]
+    paths = build_paths(ctx.config, ctx.name)
+    metrics, sidecar = read_json(paths.build_metrics), read_json(paths.engine_dir / "sidecar.json")
+    candidates = {c["runtime"]: c for c in metrics["candidates"]}
+    assert list(candidates) == ["openvino", "onnxruntime"]
+    assert all(c["passed"] and set(c["ms"]) == {"batch_1", "batch_32"} and c["gate_metrics"]["top1_agreement"] >= 0.99
+               for c in candidates.values())
+    # The choice follows the recorded times by the target's rule, and the artifact is that runtime's.
+    again = [Candidate(r, runner=object(), ms={int(k.split("_")[1]): v for k, v in c["ms"].items()}) for r, c in candidates.items()]
+    assert choose(again, ctx.target.selection)[0].runtime == metrics["runtime"] == sidecar["backend"]
+    assert sidecar["runtime_selection"]["candidates"] == ["openvino", "onnxruntime"]
+    assert "ms" not in json.dumps(sidecar["runtime_selection"]), "timings vary run to run: metrics only"
+    # Downstream stages load whichever runtime was chosen.
+    assert steps.validate(ctx)["gates_passed"]
+    assert steps.benchmark(ctx)[0]["p50_ms"] > 0
+
+
+def test_bf16_is_openvinos_inference_precision_on_the_fp32_model(chosen_builds):
+    ctx = chosen_builds["bf16"]
+    paths = build_paths(ctx.config, ctx.name)
+    sidecar = read_json(paths.engine_dir / "sidecar.json")
+    # ONNX Runtime has no CPU bf16 path: the only candidate is OpenVINO, computing bf16 from the FP32 model.
+    assert sidecar["backend"] == "openvino" and sidecar["properties"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert read_json(paths.build_metrics)["runtime"] == "openvino"
+    assert paths.calibrated.read_bytes() == model_paths(ctx.config, "digits_cnn").simplified.read_bytes()
+    assert steps.validate(ctx)["gates_passed"]
+
+
+def test_the_choice_prefers_the_listed_order_within_min_gain_and_skips_failed_candidates():
+    from pipeline.config.schema import RuntimeSelection
+    from pipeline.evaluate.runtime_choice import Candidate, choose
+
+    rule = RuntimeSelection(min_gain=1.10)
+    first, second = Candidate("openvino", runner=object(), ms={1: 1.0, 32: 10.0}), Candidate("onnxruntime", runner=object(), ms={1: 0.95, 32: 9.5})
+    chosen, why = choose([first, second], rule)
+    assert chosen is first and "within min_gain 1.1" in why
+    second.ms = {1: 0.5, 32: 5.0}
+    assert choose([first, second], rule)[0] is second
+    second.gate_failures = ["top1_agreement = 0.5000, limit >= 0.99"]
+    chosen, why = choose([first, second], rule)
+    assert chosen is first and "onnxruntime missed the gates" in why
+    broken = Candidate("openvino", error="OpenVINO cannot build x.onnx: unsupported op")
+    chosen, why = choose([broken, second], rule)
+    assert chosen is None and "unsupported op" in why and "top1_agreement" in why

@@ -197,7 +197,7 @@ def test_a_build_this_host_cannot_serve_and_a_missing_server_binary_are_one_clea
     ctx = resolve_build(gpu, "digits_cnn-rtx4090-int8")
     for attempt in (lambda: steps.serve(ctx), lambda: deploy(ctx, tmp_path / "live", "127.0.0.1:1", "127.0.0.1:2")):
         with pytest.raises(PipelineError, match=r"digits_cnn-rtx4090-int8 cannot be served here: it is a tensorrt_rtx build on cuda; "
-                                                r"the embedded Triton serves ONNX Runtime builds"):
+                                                r"the embedded Triton serves ONNX Runtime and OpenVINO builds on the CPU"):
             attempt()
     assert not (tmp_path / "m").exists() and not (tmp_path / "live").exists(), "nothing written for a refused build"
 

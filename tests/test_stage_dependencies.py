@@ -46,8 +46,7 @@ UNREAD_HERE = {
                   "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU",
                   "pipeline/evaluate/gpu_benchmark.py": "GPU targets only"},
     "serve": {"pipeline/backends/tensorrt_backend.py": "serving a TensorRT engine needs a GPU",
-              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU",
-              "pipeline/backends/openvino_backend.py": "the embedded server's environment has no OpenVINO: its builds are not served"},
+              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU"},
 }
 
 
@@ -130,15 +129,19 @@ def observed(tmp_path_factory, legacy_onnx):
         # Dynamic INT8 ranges and the per-layer speed guard (on the portable target, so any host times layers).
         (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "model.digits_cnn.int8_activations=dynamic",
           "target.cpu.quantization.min_layer_speedup=1.02"], {"calibrate"}),
-        # The OpenVINO backend (compiles the calibrated model; packaged in Triton's openvino form).
-        (["model=[digits_cnn]", "dataset=[digits]", "target=[cpu_amx_openvino]", "precision=[int8]", "serving.warmup_samples=2",
-          "benchmark=quick"], {"environment", "calibrate", "build", "validate", "benchmark", "package"}),
+        # A target that measures runtimes (OpenVINO and ONNX Runtime built, gated and timed; bf16 is OpenVINO's
+        # alone), the chosen one validated, benchmarked, packaged and served.
+        (["model=[digits_cnn]", "dataset=[digits]", "target=[cpu_amx]", "precision=[int8,bf16]", "serving.warmup_samples=2",
+          "target.cpu_amx.quantization.min_layer_speedup=null", "benchmark=quick", "serving.precisions=[int8,bf16]", "serving.concurrency=[1]", "serving.seconds_per_level=0.5",
+          "serving.server_scenario.seconds_per_rate=0.5", "serving.agreement_samples=8"],
+         {"environment", "calibrate", "build", "validate", "benchmark", "package", "serve"}),
         # The user's own images: a folder outside the project, a dependency of the stages that read data.
         (["model=[onnx_file]", f"model.onnx_file.weights_path={user_model}", "model.onnx_file.dataset=image_folder", "dataset=[image_folder]",
           "precision=[int8]", "model.onnx_file.inputs=[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]",
           "model.onnx_file.gates.max_accuracy_drop=null", f"dataset.image_folder.path={user_images}", "dataset.image_folder.num_validation=20",
           "dataset.image_folder.preprocess.size=[64,64]", "calibration.num_samples=40", "calibration.search.enabled=false",
-          "serving.agreement_samples=8", "serving.warmup_samples=2", "benchmark=quick"],
+          "serving.agreement_samples=8", "serving.warmup_samples=2", "benchmark=quick",
+          "target.cpu.runtimes=[onnxruntime,openvino]"],   # the build gates and times runtimes on the user's images
          {"prepare", "export", "simplify", "environment", "calibrate", "build", "validate", "benchmark", "package"}),
     ]
     declared, seen = defaultdict(lambda: defaultdict(set)), defaultdict(lambda: defaultdict(set))

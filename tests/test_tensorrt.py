@@ -202,5 +202,5 @@ def test_a_gpu_build_is_packaged_as_a_tensorrt_plan_on_the_configured_gpus(rtx):
         assert group.kind == group.KIND_GPU and list(group.gpus) == [1, 3]
         assert config.max_batch_size == 32  # the profile's max (resnet18: 32), under serving.max_batch_size
     batching = read_json(build_paths(cfg, name).batching_metrics)
-    assert not batching["searched"] and "the embedded Triton serves ONNX Runtime builds" in batching["not_searched"]
+    assert not batching["searched"] and "the embedded Triton serves ONNX Runtime and OpenVINO builds on the CPU" in batching["not_searched"]
     assert batching["batching"]["max_queue_delay_us"] == native.dynamic_batching.max_queue_delay_microseconds == cfg.serving.max_queue_delay_us

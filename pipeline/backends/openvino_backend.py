@@ -19,8 +19,9 @@ from ..io import sha256_file, write_json
 from .base import SIDECAR, Backend, BuildRequest, Runner
 
 ARTIFACT, WEIGHTS = "model.xml", "model.bin"
-# The precision OpenVINO computes in, per build precision (INT8 layers are Q/DQ in the model itself).
-INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32"}
+# The precision OpenVINO computes in, per build precision (INT8 layers are Q/DQ in the model itself;
+# bf16 builds compile the FP32 model to run on AMX-BF16).
+INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
 def _ov():
@@ -68,7 +69,11 @@ class OpenVinoBackend(Backend):
             raise PipelineError("this OpenVINO installation has no CPU plugin")
 
     def versions(self) -> Dict[str, str]:
-        return {"openvino": _ov().__version__.split("-")[0]}
+        try:
+            import openvino
+        except ImportError:
+            return {"openvino": "not installed"}
+        return {"openvino": openvino.__version__.split("-")[0]}
 
     def build(self, request: BuildRequest) -> dict:
         ov = _ov()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import PipelineError
-from .schema import ElementType, PipelineConfig, PrecisionMode, Preprocess, TensorSpec, Task, option_value
+from .schema import ElementType, PipelineConfig, Precision, PrecisionMode, Preprocess, TargetConfig, TensorSpec, Task, option_value
 
 # What each precision mode converts to: the element types that make sense for it.
 _MODE_TYPES = {
@@ -27,6 +27,29 @@ LABELLED_SOURCES = {"sklearn_digits"}
 USER_SOURCES = {"image_folder", "tensor_files", "text_lines"}
 # Input dtypes a dataset can feed and every backend takes (numpy names).
 INPUT_DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
+# Where each runtime builds, and the precisions each CPU runtime computes (OpenVINO's bf16 is its inference
+# precision on AMX-BF16; ONNX Runtime's CPU kernels have no fast fp16/bf16 path).
+RUNTIME_DEVICES = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu",), "tensorrt": ("cuda",), "tensorrt_rtx": ("cuda",)}
+CPU_RUNTIME_PRECISIONS = {"onnxruntime": ["fp32", "int8"], "openvino": ["fp32", "int8", "bf16"]}
+# What the embedded Triton's Python backend runs, per device (.venv-serving: requirements-serving-env.lock).
+PYTHON_FORM_RUNTIMES = {"cpu": ("onnxruntime", "openvino"), "cuda": ("onnxruntime",)}
+
+
+def unrunnable_precision(target: TargetConfig, precision) -> str:
+    """Why none of the target's runtimes builds ``precision`` ('' when one does)."""
+    if runtimes_for(target, precision):
+        return ""
+    runtimes = [option_value(r) for r in target.candidate_runtimes]
+    return (f"none of its runtimes {runtimes} computes {option_value(precision)} on the CPU ("
+            + "; ".join(f"{r}: {CPU_RUNTIME_PRECISIONS[r]}" for r in runtimes if r in CPU_RUNTIME_PRECISIONS) + ")")
+
+
+def runtimes_for(target: TargetConfig, precision) -> List[str]:
+    """The target's candidate runtimes that can build ``precision`` (on GPU targets: all of them)."""
+    runtimes = [option_value(r) for r in target.candidate_runtimes]
+    if option_value(target.device) != "cpu":
+        return runtimes
+    return [r for r in runtimes if option_value(precision) in CPU_RUNTIME_PRECISIONS.get(r, [])]
 
 
 def has_labels(data) -> bool:
@@ -189,11 +212,20 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
         need(min_layer_speedup is None or (min_layer_speedup > 0 and option_value(target.backend) == "onnxruntime"
                                            and option_value(target.device) == "cpu"),
              f"{key}.quantization.min_layer_speedup", min_layer_speedup, "null, or > 0 on ONNX Runtime CPU targets (layers are timed on this host)")
-        if option_value(target.backend) == "openvino":
-            need(option_value(target.device) == "cpu", f"{key}.device", option_value(target.device), "cpu: the openvino backend builds for the CPU")
-            openvino_precisions = ["fp32", "int8"]
-            need(all(option_value(p) in openvino_precisions for p in target.precisions), f"{key}.precisions",
-                 [option_value(p) for p in target.precisions], f"the openvino backend builds {openvino_precisions}")
+        device = option_value(target.device)
+        runtimes = [option_value(r) for r in target.candidate_runtimes]
+        for runtime in runtimes:
+            need(device in RUNTIME_DEVICES[runtime], f"{key}.runtimes", runtimes,
+                 f"runtimes that build for {device}: {[r for r, devices in RUNTIME_DEVICES.items() if device in devices]}")
+        need(len(set(runtimes)) == len(runtimes), f"{key}.runtimes", runtimes, "each runtime once")
+        if device == "cpu":
+            need(option_value(Precision.bf16) not in [option_value(p) for p in target.precisions] or option_value(target.cpu_isa) == "amx",
+                 f"{key}.precisions", "bf16", "bf16 on CPU targets with cpu_isa amx only (AMX-BF16 tiles)")
+        selection = target.selection
+        need(bool(selection.batch_sizes) and all(b >= 1 for b in selection.batch_sizes), f"{key}.selection.batch_sizes",
+             list(selection.batch_sizes), "one or more batch sizes, each >= 1")
+        need(selection.gate_samples >= 1, f"{key}.selection.gate_samples", selection.gate_samples, "must be >= 1")
+        need(selection.min_gain >= 1.0, f"{key}.selection.min_gain", selection.min_gain, "must be >= 1 (1: the fastest always wins)")
         build = target.build
         need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")
         need(build.workspace_mib >= 1, f"{key}.build.workspace_mib", build.workspace_mib, "must be >= 1")

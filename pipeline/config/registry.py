@@ -45,7 +45,7 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
     value is out of range (checks.py), so bad config fails at compose time (``make params`` and
     ``dvc exp run`` alike) and never reaches dvc.yaml.
     """
-    from .checks import config_problems, out_dir_problems
+    from .checks import config_problems, out_dir_problems, unrunnable_precision
 
     values = OmegaConf.to_container(_root_, resolve=False)
     values.pop("builds", None)  # this resolver computes it
@@ -71,6 +71,10 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
             problems.append(
                 f"target '{target_name}' cannot run precision {refused}; it supports {allowed}"
             )
+        for precision in (p for p in precisions if p in allowed):  # listed, but no runtime left to build it (runtimes pinned)
+            why = unrunnable_precision(typed.target[target_name], precision)
+            if why:
+                problems.append(f"target '{target_name}' cannot run precision {precision}: {why}")
     if problems:
         raise InvalidCombination("; ".join(problems))
     return {
@@ -100,10 +104,17 @@ def data_dependency(dataset) -> str:
 
 def servable_builds(builds: DictConfig, targets: DictConfig, precisions) -> Dict[str, BuildEntry]:
     """The builds the embedded Triton server serves in the Python-backend form, at the precisions chosen:
-    ONNX Runtime builds, on the CPU or the CUDA provider (TensorRT builds are packaged for their own hosts)."""
+    ONNX Runtime builds, on the CPU or the CUDA provider, and OpenVINO builds on the CPU (TensorRT builds are
+    packaged for their own hosts). A target that measures runtimes is servable when whichever it picks is."""
+    from .checks import PYTHON_FORM_RUNTIMES
+
     chosen = {option_value(p) for p in precisions}
-    return {name: entry for name, entry in builds.items()
-            if option_value(targets[entry.target].backend) == "onnxruntime" and option_value(entry.precision) in chosen}
+
+    def servable(target) -> bool:
+        runtimes = {option_value(r) for r in (target.get("runtimes") or [target.backend])}
+        return runtimes <= set(PYTHON_FORM_RUNTIMES[option_value(target.device)])
+
+    return {name: entry for name, entry in builds.items() if servable(targets[entry.target]) and option_value(entry.precision) in chosen}
 
 
 def _has_external_data(path) -> bool:

@@ -304,9 +304,27 @@ class BuildSettings:
 
 
 @dataclass
+class RuntimeSelection:
+    """How a target that lists several runtimes picks one per build: each candidate is built, checked
+    against the model's gates on the calibration search split and timed side by side at these batch
+    sizes on this host; the fastest that passes is the artifact (Triton Model Navigator's approach)."""
+
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
+    gate_samples: int = 64  # search-split samples each candidate's outputs are gated on (validate checks all)
+    # A candidate listed later replaces an earlier one only when at least this much faster (geometric
+    # mean over the batch sizes): a near-tie keeps the listed order, so reruns choose the same runtime.
+    min_gain: float = 1.05
+
+
+@dataclass
 class TargetConfig:
     description: str = ""
+    # The runtime calibrate prepares the model for, and the one built when ``runtimes`` is empty.
     backend: Backend = Backend.onnxruntime
+    # Candidate runtimes measured at build, in order of preference ([]: ``backend`` alone). A list of
+    # one pins that runtime.
+    runtimes: List[Backend] = field(default_factory=list)
+    selection: RuntimeSelection = field(default_factory=RuntimeSelection)
     device: Device = Device.cpu
     compute_capability: Optional[str] = None  # e.g. "9.0"; null for CPU
     precisions: List[Precision] = field(default_factory=lambda: [Precision.fp32])
@@ -315,6 +333,11 @@ class TargetConfig:
     # The TensorRT release this target ships with, e.g. "10.3.0" (JetPack 6); null for TensorRT-RTX.
     tensorrt_version: Optional[str] = None
     cpu_isa: Optional[CpuIsa] = None  # CPU targets: the instruction set the build is for (null: GPU targets)
+
+    @property
+    def candidate_runtimes(self) -> List[Backend]:
+        """The runtimes a build of this target may end up on."""
+        return list(self.runtimes) or [self.backend]
 
     @property
     def tensorrt_major(self) -> Optional[int]:

@@ -22,8 +22,10 @@ def collect(cfg: PipelineConfig) -> List[dict]:
         benchmark = read_json(paths.benchmark_metrics)
         by_batch = sorted((row for key, row in benchmark.items() if key.startswith("batch_")), key=lambda row: row["batch_size"])
         smallest, largest = by_batch[0], by_batch[-1]
+        built = read_json(paths.build_metrics) if paths.build_metrics.is_file() else {}
         rows.append({
             "build": name, "model": entry.model, "target": entry.target, "precision": entry.precision.value,
+            "runtime": built.get("runtime"), "runtime_why": built.get("why"),
             "accuracy": validation.get("accuracy"), "accuracy_drop": validation.get("accuracy_drop"),
             # Classifiers agree on the top-1 class, embedding models on the nearest neighbour.
             "agreement_metric": "top-1" if "top1_agreement" in validation else "retrieval",
@@ -47,15 +49,18 @@ def render_markdown(rows: List[dict]) -> str:
         group = [r for r in rows if r["model"] == model and r["target"] == target]
         baseline = next((r for r in group if r["precision"] == "fp32"), None)
         lines += [f"## {model} on {target}", "",
-                  f"| precision | accuracy % | {group[0]['agreement_metric']} agreement | cosine | p50 ms | p99 ms | throughput /s | speed-up vs fp32 | gates |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  f"| precision | runtime | accuracy % | {group[0]['agreement_metric']} agreement | cosine | p50 ms | p99 ms | throughput /s | speed-up vs fp32 | gates |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             speedup = r["throughput"] / baseline["throughput"] if baseline else None
             lines.append(
-                f"| {r['precision']} | {_fmt(r['accuracy'], '.2f')} | {_fmt(r['agreement'], '.4f')} | {r['cosine_mean']:.4f} "
+                f"| {r['precision']} | {r['runtime'] or '-'} | {_fmt(r['accuracy'], '.2f')} | {_fmt(r['agreement'], '.4f')} | {r['cosine_mean']:.4f} "
                 f"| {r['p50_ms']:.2f} (bs {r['latency_batch']}) | {r['p99_ms']:.2f} | {r['throughput']:.1f} (bs {r['throughput_batch']}) "
                 f"| {_fmt(speedup, '.2f')}× | {'pass' if r['gates_passed'] else 'FAIL'} |"
             )
+        chosen = [f"- {r['precision']}: {r['runtime_why']}" for r in group if r.get("runtime_why")]
+        if chosen:  # a target that measures runtimes: what each build chose and why
+            lines += ["", "Runtime chosen by measurement:"] + chosen
         lines.append("")
     return "\n".join(lines)
 

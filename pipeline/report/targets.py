@@ -10,8 +10,10 @@ HEADER = """# Targets
 Generated from `conf/target/*.yaml` by `python -m pipeline.report.targets` (a test fails when this
 file is stale). A target fixes the engine library, the device, the precisions it can run (others are
 refused when the config is composed), the Q/DQ flavour calibrate writes for it, and its build settings.
+Where a target lists more than one runtime, the build builds, gates and times each on the host and keeps
+the fastest that passes (README, "Runtime chosen by measurement").
 
-| target | backend | device | CPU ISA | compute capability | TensorRT release | precisions | Q/DQ flavour |
+| target | runtimes (chosen by measurement at build) | device | CPU ISA | compute capability | TensorRT release | precisions | Q/DQ flavour |
 |---|---|---|---|---|---|---|---|
 """
 
@@ -26,7 +28,7 @@ def render(conf_dir: Path) -> str:
         if quant.get("min_layer_speedup"):
             flavour += f", speed guard {quant['min_layer_speedup']}x"
         rows.append(
-            f"| `{name}` | {target['backend']} | {target['device']} | {target.get('cpu_isa') or '-'} | {target.get('compute_capability') or '-'} "
+            f"| `{name}` | {', '.join(target.get('runtimes') or [target['backend']])} | {target['device']} | {target.get('cpu_isa') or '-'} | {target.get('compute_capability') or '-'} "
             f"| {target.get('tensorrt_version') or '-'} | {', '.join(target['precisions'])} | {flavour} |"
         )
         build = ", ".join(f"`{k}={v}`" for k, v in target.get("build", {}).items())

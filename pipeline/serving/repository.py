@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from ..config.checks import PYTHON_FORM_RUNTIMES
 from ..config.schema import Device, ServingConfig, option_value
 from ..errors import PipelineError
 
@@ -77,19 +78,19 @@ class Batching:
 
 
 def python_form_problem(backend, device) -> str:
-    """Why this machine's Triton (the wheel's server, Python backend wrapping the project's ONNX Runtime
-    runner) cannot serve a build of this backend and device (enums or their strings); '' when it can:
-    ONNX Runtime builds on the CPU, and on CUDA where this host has an NVIDIA GPU."""
+    """Why this machine's Triton (the wheel's server, Python backend wrapping the project's runner in
+    .venv-serving) cannot serve a build of this backend and device (enums or their strings); '' when it can:
+    ONNX Runtime and OpenVINO builds on the CPU, ONNX Runtime on CUDA where this host has an NVIDIA GPU."""
     backend, device = option_value(backend), option_value(device)
-    if backend == "onnxruntime" and device == "cpu":
+    if backend in PYTHON_FORM_RUNTIMES["cpu"] and device == "cpu":
         return ""
     if backend == "onnxruntime" and device == "cuda":
         from ..backends.cuda_runtime import gpu_compute_capability
 
         return "" if gpu_compute_capability() else ("it is an onnxruntime build on cuda and this host has no NVIDIA GPU (libcuda); "
                                                     "serve it on its GPU host, or its native package on a Triton server there")
-    return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime builds (targets with backend "
-            f"onnxruntime, on the CPU or, on a GPU host, CUDA). Its native package is for a Triton server on its own target")
+    return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime and OpenVINO builds on the CPU "
+            f"and, on a GPU host, ONNX Runtime CUDA builds. Its native package is for a Triton server on its own target")
 
 
 def runner_modules(device: Device, backend: str = "onnxruntime") -> List[str]:

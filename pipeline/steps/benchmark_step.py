@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..backends import get_backend
+from ..backends import built_by
 from ..evaluate.host import isa_report
 from ..backends.onnxruntime_backend import load_onnx_runner
 from ..cli import console
@@ -37,7 +37,7 @@ def benchmark(ctx: BuildContext) -> list:
 
     # A model fixed to one sample is timed at batch 1 only.
     settings = dataclasses.replace(cfg.benchmark, batch_sizes=sorted({ctx.model.batch_size(b) for b in cfg.benchmark.batch_sizes}))
-    backend = get_backend(ctx.target.backend)
+    backend = built_by(paths.engine_dir, ctx.target.candidate_runtimes)
     if ctx.target.device == Device.cuda:
         from ..evaluate.gpu_benchmark import gpu_benchmark_batch
 

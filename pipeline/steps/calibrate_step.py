@@ -30,7 +30,12 @@ def calibrate(ctx: BuildContext) -> dict:
         _check_data_fits(ctx, source, dataset, splits)
         model_out, manifest_out = out / paths.calibrated.name, out / paths.manifest.name
         report: dict = {"build": ctx.name, "precision": ctx.precision_name, "mode": mode.value}
-        if mode == PrecisionMode.passthrough:
+        # A CPU runtime computes a reduced float precision from the FP32 model (OpenVINO's inference
+        # precision on AMX-BF16); an AutoCast graph would only add Casts around kernels it does not have.
+        runtime_converts = mode == PrecisionMode.autocast and ctx.target.device == Device.cpu
+        if runtime_converts:
+            report["converted_by_runtime"] = f"the FP32 model; the runtime computes in {ctx.precision.dtype.value}"
+        if mode == PrecisionMode.passthrough or runtime_converts:
             shutil.copyfile(source, model_out)
             write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
         elif mode == PrecisionMode.autocast:
@@ -58,8 +63,10 @@ def _check_data_fits(ctx: BuildContext, source: Path, dataset, splits) -> None:
 
 
 def _uses_dynamic_ranges(ctx: BuildContext) -> bool:
-    """Dynamic activation ranges where the model asks for them and the target runs them (ONNX Runtime on the CPU)."""
-    return (ctx.model.int8_activations == ActivationRanges.dynamic and ctx.target.backend == Backend.onnxruntime
+    """Dynamic activation ranges where the model asks for them and the target runs them: ONNX Runtime on the
+    CPU, as its only runtime (its fused integer ops are ONNX Runtime's own; a target that also measures
+    OpenVINO gets static Q/DQ, which both read)."""
+    return (ctx.model.int8_activations == ActivationRanges.dynamic and ctx.target.candidate_runtimes == [Backend.onnxruntime]
             and ctx.target.device == Device.cpu and ctx.precision.dtype == ElementType.int8)
 
 

@@ -34,6 +34,10 @@ def engine_environment(cfg: PipelineConfig, target_name: str) -> dict:
         "quantizer": {name: _installed(name) for name in QUANTIZER_DISTRIBUTIONS},
         "engine": {"backend": target.backend.value, **get_backend(target.backend).versions()},
     }
+    if target.runtimes:  # every runtime the build may choose: a new wheel of any of them rebuilds
+        environment["engine"]["runtimes"] = [r.value for r in target.runtimes]
+        for runtime in target.runtimes:
+            environment["engine"].update(get_backend(runtime).versions())
     if target.device == Device.cpu:
         isa = target.cpu_isa.value if target.cpu_isa else None
         # An ONNX Runtime artifact runs on any CPU; whether this host has the target's ISA decides what

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..backends import get_backend
+from ..backends import built_by
 from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
@@ -21,7 +21,8 @@ from ..serving.tune import describe, search_batching
 def package(ctx: BuildContext) -> dict:
     cfg, serving = ctx.config, ctx.config.serving
     paths = build_paths(cfg, ctx.name)
-    sidecar = get_backend(ctx.target.backend).read_sidecar(paths.engine_dir, ctx.artifact_identity())
+    backend = built_by(paths.engine_dir, ctx.target.candidate_runtimes)  # the runtime the build chose
+    sidecar = backend.read_sidecar(paths.engine_dir, ctx.artifact_identity())
     if "output_specs" not in sidecar:
         raise PipelineError(f"{paths.engine_dir} has no output specs in its sidecar: rebuild it (dvc repro build@{ctx.name})")
     batched = {spec.name for spec in ctx.model.inputs if spec.batch}
@@ -48,7 +49,7 @@ def package(ctx: BuildContext) -> dict:
         written = write_repositories(out, ctx.name, paths.engine_dir, sidecar, ctx.target.device, serving.gpus, inputs, outputs,
                                      max_batch, configured, serving.intra_op_threads, warmup, fingerprint, cuda_graphs=serving.cuda_graphs)
         batching = {"searched": False, "batching": asdict(configured)}
-        unservable = python_form_problem(ctx.target.backend, ctx.target.device)
+        unservable = python_form_problem(backend.name, ctx.target.device)
         if serving.search.enabled and unservable:  # searched on a host that serves it; here the configured values
             console.print(f"  {ctx.name}: batching not searched here: {unservable}")
             batching["not_searched"] = unservable

@@ -9,7 +9,7 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..backends import get_backend
+from ..backends import built_by
 from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
@@ -23,7 +23,9 @@ from ..serving.server import TritonServer, serving_environment
 
 def python_package(ctx: BuildContext) -> Path:
     """The build's Python-form package, or one error: a build this host cannot serve, or not packaged yet."""
-    problem = python_form_problem(ctx.target.backend, ctx.target.device)
+    runtimes = ctx.target.candidate_runtimes  # one: known before anything is built; several: the one the build chose
+    runtime = runtimes[0] if len(runtimes) == 1 else built_by(build_paths(ctx.config, ctx.name).engine_dir, runtimes).name
+    problem = python_form_problem(runtime, ctx.target.device)
     if problem:
         raise PipelineError(f"{ctx.name} cannot be served here: {problem} ({build_paths(ctx.config, ctx.name).serving_dir / 'native'})")
     package = build_paths(ctx.config, ctx.name).serving_dir / "python" / ctx.name
@@ -54,7 +56,7 @@ def serve(ctx: BuildContext) -> dict:
     dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
     validation = make_splits(dataset, ctx.dataset).validation[: serving.agreement_samples]
     samples = [dataset.load([index]) for index in validation]
-    with get_backend(ctx.target.backend).load(paths.engine_dir, expect=ctx.artifact_identity()) as offline:
+    with built_by(paths.engine_dir, ctx.target.candidate_runtimes).load(paths.engine_dir, expect=ctx.artifact_identity()) as offline:
         expected = [offline.run(feeds) for feeds in samples]
         outputs = list(offline.output_names)
     with served(ctx) as (server, ready_seconds):

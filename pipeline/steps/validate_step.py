@@ -1,7 +1,7 @@
 """validate: accuracy and agreement with FP32 on the held-out split; gates fail the stage."""
 from __future__ import annotations
 
-from ..backends import get_backend
+from ..backends import built_by
 from ..evaluate.host import isa_report
 from ..backends.onnxruntime_backend import load_onnx_runner
 from ..cli import console, progress_bar
@@ -27,7 +27,7 @@ def validate(ctx: BuildContext) -> dict:
         if overlap:
             used_for = "the accuracy search" if split is not manifest else "calibration"
             raise PipelineError(f"{len(overlap)} validation samples were used for {used_for} (e.g. {sorted(overlap)[0]}); the splits must be disjoint")
-    backend = get_backend(ctx.target.backend)
+    backend = built_by(paths.engine_dir, ctx.target.candidate_runtimes)
     reference = load_onnx_runner(model_paths(cfg, ctx.entry.model).simplified)
     with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner, progress_bar() as progress:
         task = progress.add_task(f"validate {ctx.name}", total=len(splits.validation))
