@@ -12,7 +12,7 @@ from pipeline import steps
 from pipeline.steps.chain import prepare_model
 from pipeline.config import resolve_build
 from pipeline.io import read_json
-from pipeline.paths import build_paths
+from pipeline.paths import build_paths, model_paths
 from pipeline.report.summary import write_report
 
 from .conftest import compose_config
@@ -103,9 +103,32 @@ def test_minilm_int8_on_the_cpu_is_fused_and_quantized_per_batch(minilm):
 def test_report_for_an_embedding_model_shows_retrieval_agreement(minilm):
     _, results = minilm
     report = results["report"]
-    assert "## minilm on cpu" in report and "| precision | accuracy % | retrieval agreement |" in report
+    assert "## minilm on cpu" in report and "| precision | runtime | accuracy % | retrieval agreement |" in report
     int8 = next(r for r in results["report_rows"] if r["precision"] == "int8")
     assert int8["agreement"] == results["int8"]["validate"]["retrieval_agreement"] and int8["top1_agreement"] is None
+    assert int8["runtime"] == "onnxruntime", "the build's runtime, from its build metrics"
+
+
+def test_minilm_fp16_for_the_cuda_target_is_fused_for_its_kernels_with_float32_io(minilm, tmp_path):
+    """h200_ort FP16 of a transformer: ONNX Runtime's GPU fusions (attention, SkipLayerNormalization, bias
+    GELU) and float16 weights, inputs and outputs left as they were, instead of generic AutoCast. Made on
+    the CPU: the fusions are graph rewrites."""
+    import shutil
+
+    cfg, _ = minilm
+    gpu = compose_config(tmp_path, "model=[minilm]", "target=[h200_ort]", "precision=[fp16]", f"artifacts_dir={tmp_path / 'a'}",
+                         f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    shutil.copytree(model_paths(cfg, "minilm").root, model_paths(gpu, "minilm").root)
+    report = steps.calibrate(resolve_build(gpu, "minilm-h200_ort-fp16"))
+    assert report["transformer_fusions"]["Attention"] == 6 and report["transformer_fusions"]["SkipLayerNormalization"] >= 6
+    model = onnx.load(str(build_paths(gpu, "minilm-h200_ort-fp16").calibrated))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops and "autocast" not in report
+    weights = [i for i in model.graph.initializer if len(i.dims) == 2 and min(i.dims) >= 384]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    simplified = onnx.load(str(model_paths(cfg, "minilm").simplified))
+    assert sorted((v.name, v.type.tensor_type.elem_type) for v in model.graph.input) == sorted((v.name, v.type.tensor_type.elem_type) for v in simplified.graph.input)
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in model.graph.output)
 
 
 def test_sequence_models_report_tokens_per_second_beside_samples(minilm):

@@ -129,6 +129,7 @@ class OnnxRuntimeBackend(Backend):
             # Left out at build and again at load, where ONNX Runtime optimizes the artifact once more.
             "disabled_optimizers": list(request.target.build.disabled_optimizers),
             "config_hash": request.config_hash,
+            **({"cuda_provider_options": dict(request.target.build.cuda_provider_options)} if request.target.device.value == "cuda" else {}),
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(artifact),
             "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in inputs],
@@ -156,10 +157,11 @@ class OnnxRuntimeBackend(Backend):
             # every change, timing each cuDNN algorithm the first time it meets a shape (seconds for
             # ResNet-50). Many shapes: a session per shape, algorithms by heuristics so loading stays quick.
             search = {"cudnn_conv_algo_search": "HEURISTIC"} if varying_shapes else {}
+            built_with = sidecar.get("cuda_provider_options", {})
 
             def session(cuda_options: dict):
                 return ort.InferenceSession(str(path), session_options(threads, level),
-                                            providers=[("CUDAExecutionProvider", {**search, **cuda_options}), "CPUExecutionProvider"])
+                                            providers=[("CUDAExecutionProvider", {**built_with, **search, **cuda_options}), "CPUExecutionProvider"])
 
             def runner():
                 return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
@@ -180,3 +182,18 @@ def load_onnx_runner(path: Path | str, threads: int = 0, level: str = "all", dis
     return OnnxRuntimeRunner(session, specs_from_session(session))
 
 
+def load_onnx_cuda_runner(path: Path | str, inputs: List[TensorSpec], output_names: List[str], provider_options: Optional[Dict[str, str]] = None,
+                          gpu: int = 0) -> Runner:
+    """A CUDA-provider runner straight on an ONNX file whose inputs and outputs are ``inputs`` and
+    ``output_names`` (the FP32 reference a lower-precision CUDA build is timed against, with the target's
+    provider options, as its FP32 build would run)."""
+    from .cuda_runtime import OnnxRuntimeCudaRunner, require_gpu
+
+    require_gpu("the FP32 reference on the GPU")
+    ort = _ort()
+
+    def session(cuda_options: dict):
+        return ort.InferenceSession(str(path), session_options(0, "all"),
+                                    providers=[("CUDAExecutionProvider", {**(provider_options or {}), **cuda_options}), "CPUExecutionProvider"])
+
+    return OnnxRuntimeCudaRunner(session, inputs, output_names, gpu=gpu)

@@ -295,6 +295,9 @@ class BuildSettings:
     # ONNX Runtime graph transformers left out at build and load (recorded in the sidecar), e.g.
     # SkipLayerNormFusion, whose fused kernel is slower than Add + LayerNormalization on INT8 BERT.
     disabled_optimizers: List[str] = field(default_factory=list)
+    # ONNX Runtime CUDA: provider options recorded in the sidecar and applied at load, e.g. prefer_nhwc "1"
+    # (channels-last convolutions, Tensor Core friendly for FP16).
+    cuda_provider_options: Dict[str, str] = field(default_factory=dict)
     # TensorRT / TensorRT-RTX
     builder_optimization_level: int = 3
     workspace_mib: int = 4096
@@ -434,9 +437,11 @@ class BenchmarkConfig:
     max_seconds_per_batch: float = 20.0  # time budget per batch size (iterations may stop early)
     spread_warning: float = 0.10  # warn when repeat medians differ by more than this fraction
     threads: int = 0
-    # CPU targets: an INT8/FP8 build must be at least this many times faster than its FP32 model at the
-    # largest batch, timed side by side, or its benchmark gate fails with both numbers (null: no gate).
+    # Every build below FP32 (INT8, FP8, FP16, BF16) must be at least this many times faster than its FP32
+    # model at the largest batch, timed side by side on the same device, or its benchmark gate fails with
+    # both numbers (null: no gate). Builds named in speed_gate_waived are measured, marked, not failed.
     min_quantized_speedup: Optional[float] = 1.0
+    speed_gate_waived: List[str] = field(default_factory=list)
     # GPU targets only:
     include_transfers: bool = True  # time host-to-device and device-to-host copies too
     # With transfers: double-buffered, batch n+1 uploaded and n-1 downloaded while n computes, inputs

@@ -23,6 +23,7 @@ def collect(cfg: PipelineConfig) -> List[dict]:
         by_batch = sorted((row for key, row in benchmark.items() if key.startswith("batch_")), key=lambda row: row["batch_size"])
         smallest, largest = by_batch[0], by_batch[-1]
         built = read_json(paths.build_metrics) if paths.build_metrics.is_file() else {}
+        vs_fp32 = benchmark.get("vs_fp32", {})
         rows.append({
             "build": name, "model": entry.model, "target": entry.target, "precision": entry.precision.value,
             "runtime": built.get("runtime"), "runtime_why": built.get("why"),
@@ -32,6 +33,9 @@ def collect(cfg: PipelineConfig) -> List[dict]:
             "agreement": validation.get("top1_agreement", validation.get("retrieval_agreement")),
             "top1_agreement": validation.get("top1_agreement"), "cosine_mean": validation["cosine_mean"],
             "gates_passed": validation["gates_passed"],
+            # The speed gate: a precision below FP32 that is slower than it fails, unless waived (then marked).
+            "speed_vs_fp32": vs_fp32.get("speedup"), "speed_gate": ("waived" if vs_fp32.get("waived") else "failed" if vs_fp32 and not vs_fp32["passed"]
+                                                                    else "passed" if vs_fp32.get("speedup") else None),
             "latency_batch": smallest["batch_size"], "p50_ms": smallest["p50_ms"], "p99_ms": smallest["p99_ms"],
             "throughput_batch": largest["batch_size"], "throughput": largest["throughput"],
         })
@@ -40,6 +44,14 @@ def collect(cfg: PipelineConfig) -> List[dict]:
 
 def _fmt(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _gates(row: dict) -> str:
+    """Accuracy gates, and the speed gate where it is not simply passed."""
+    text = "pass" if row["gates_passed"] else "FAIL"
+    if row.get("speed_gate") in ("failed", "waived"):
+        text += f"; speed gate {'FAIL' if row['speed_gate'] == 'failed' else 'waived'} at {row['speed_vs_fp32']:.2f}× FP32"
+    return text
 
 
 def render_markdown(rows: List[dict]) -> str:
@@ -56,7 +68,7 @@ def render_markdown(rows: List[dict]) -> str:
             lines.append(
                 f"| {r['precision']} | {r['runtime'] or '-'} | {_fmt(r['accuracy'], '.2f')} | {_fmt(r['agreement'], '.4f')} | {r['cosine_mean']:.4f} "
                 f"| {r['p50_ms']:.2f} (bs {r['latency_batch']}) | {r['p99_ms']:.2f} | {r['throughput']:.1f} (bs {r['throughput_batch']}) "
-                f"| {_fmt(speedup, '.2f')}× | {'pass' if r['gates_passed'] else 'FAIL'} |"
+                f"| {_fmt(speedup, '.2f')}× | {_gates(r)} |"
             )
         chosen = [f"- {r['precision']}: {r['runtime_why']}" for r in group if r.get("runtime_why")]
         if chosen:  # a target that measures runtimes: what each build chose and why

@@ -30,6 +30,7 @@ def calibrate(ctx: BuildContext) -> dict:
         _check_data_fits(ctx, source, dataset, splits)
         model_out, manifest_out = out / paths.calibrated.name, out / paths.manifest.name
         report: dict = {"build": ctx.name, "precision": ctx.precision_name, "mode": mode.value}
+        no_samples = {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []}  # float conversions use none
         # A CPU runtime computes a reduced float precision from the FP32 model (OpenVINO's inference
         # precision on AMX-BF16); an AutoCast graph would only add Casts around kernels it does not have.
         runtime_converts = mode == PrecisionMode.autocast and ctx.target.device == Device.cpu
@@ -37,12 +38,20 @@ def calibrate(ctx: BuildContext) -> dict:
             report["converted_by_runtime"] = f"the FP32 model; the runtime computes in {ctx.precision.dtype.value}"
         if mode == PrecisionMode.passthrough or runtime_converts:
             shutil.copyfile(source, model_out)
-            write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
+            write_json(manifest_out, no_samples)
+        elif mode == PrecisionMode.autocast and _fused_fp16_for_cuda(ctx):
+            from ..onnx_tools.fusion import fuse_transformer_fp16_gpu
+
+            fusions = ctx.model.transformer_fusions
+            report["transformer_fusions"] = fuse_transformer_fp16_gpu(source, model_out, fusions.model_type, fusions.num_heads,
+                                                                      fusions.hidden_size, fusions.gelu_approximation)
+            report["converted_by"] = "ONNX Runtime's transformer optimizer (GPU fusions), then float16 with float32 inputs and outputs"
+            write_json(manifest_out, no_samples)
         elif mode == PrecisionMode.autocast:
             from ..onnx_tools.autocast import autocast_file
 
             report["autocast"] = autocast_file(source, model_out, ctx.precision.dtype.value)
-            write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
+            write_json(manifest_out, no_samples)
         else:
             report.update(_quantize(ctx, source, dataset, splits, out, scratch))
         # Durations differ run to run: they are metrics, so the artifact stays byte-identical and DVC
@@ -60,6 +69,13 @@ def _check_data_fits(ctx: BuildContext, source: Path, dataset, splits) -> None:
 
     _, feeds = next(iter(dataset.batches(splits.train, ctx.model.batch_size(2))))
     check_data_fits(source, feeds, ctx.model, ctx.entry.model, ctx.entry.dataset)
+
+
+def _fused_fp16_for_cuda(ctx: BuildContext) -> bool:
+    """FP16 of a transformer for ONNX Runtime's CUDA provider: its own fused kernels, not generic AutoCast
+    (TensorRT targets fuse for themselves and cannot parse the com.microsoft ops)."""
+    return (ctx.model.transformer_fusions.model_type is not None and ctx.precision.dtype == ElementType.float16
+            and ctx.target.device == Device.cuda and ctx.target.candidate_runtimes == [Backend.onnxruntime])
 
 
 def _uses_dynamic_ranges(ctx: BuildContext) -> bool:
