@@ -38,8 +38,24 @@ class BuildPaths:
     metrics: Path
 
     @property
-    def calibrated_dir(self) -> Path:  # calibrated.onnx, manifest.json, calibration.cache, report.json
+    def calibrated_dir(self) -> Path:  # model.onnx, manifest.json, report.json, and what the precision adds
         return self.root / "calibrated"
+
+    @property
+    def calibration_report(self) -> Path:  # what calibrate did: method, Q/DQ counts, fusions, layers kept float
+        return self.calibrated_dir / "report.json"
+
+    @property
+    def exclusions(self) -> Path:  # the nodes the build keeps in float (configured, speed guard, accuracy search)
+        return self.calibrated_dir / "exclusions.json"
+
+    @property
+    def search_report(self) -> Path:  # the accuracy search's steps and layer ranking
+        return self.calibrated_dir / "search.json"
+
+    @property
+    def calibration_cache(self) -> Path:  # TensorRT 10 targets: the native calibration cache
+        return self.calibrated_dir / "calibration.cache"
 
     @property
     def calibrated(self) -> Path:

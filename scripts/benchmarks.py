@@ -361,7 +361,7 @@ def main() -> None:
 
     rss, seconds = calibrate_peak_rss("resnet18-cpu-int8")
     paths = build_paths(cfg, "resnet18-cpu-int8")
-    report = {**read_json(paths.calibrated_dir / "report.json"), **read_json(paths.calibrate_metrics)}
+    report = {**read_json(paths.calibration_report), **read_json(paths.calibrate_metrics)}
     lines += ["## Calibration (500 samples, streamed in chunks)", "",
               f"`python -m stages.calibrate --build resnet18-cpu-int8` ({report['method']}): peak RSS {rss:.2f} GiB, "
               f"{seconds:.1f} s for the whole stage ({report['statistics_seconds']} s collecting statistics). Floor: ≤ 4 GB.", ""]

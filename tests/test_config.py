@@ -215,3 +215,21 @@ def test_a_gate_the_dataset_cannot_measure_is_refused_at_compose_time(tmp_path):
     cfg = compose_config(tmp_path, "model=[onnx_file]", "model.onnx_file.dataset=photo_crops", "dataset=[photo_crops]",
                          "model.onnx_file.gates.max_accuracy_drop=null")
     assert cfg.model["onnx_file"].gates.min_top1_agreement == 0.98
+
+
+def test_the_default_options_of_the_single_groups_agree_with_the_schema_defaults(tmp_path):
+    """calibration, benchmark and serving are one dataclass each: the option config.yaml selects by default
+    and the schema's defaults must say the same, so a reader of either learns what runs."""
+    import dataclasses
+
+    from pipeline.config.schema import BenchmarkConfig, CalibrationConfig, ServingConfig
+
+    from pipeline.config import load_params, write_params
+
+    write_params(tmp_path / "params.yaml", [])
+    cfg = load_params(tmp_path / "params.yaml")
+    drift = []
+    for group, schema in (("calibration", CalibrationConfig), ("benchmark", BenchmarkConfig), ("serving", ServingConfig)):
+        composed, default = dataclasses.asdict(getattr(cfg, group)), dataclasses.asdict(schema())
+        drift += [f"{group}.{key}: conf {composed[key]!r}, schema {default[key]!r}" for key in default if composed[key] != default[key]]
+    assert not drift, drift

@@ -119,8 +119,14 @@ def test_ort_cpu_flavour_is_u8_activations_s8_weights(workspace, digits_model, t
     out = tmp_path / "ort.onnx"
     quantize_qdq(source, out, ranges, QuantFormat.ort_u8s8, per_channel=True, method=CalibrationMethod.minmax)
     model = onnx.load(str(out))
-    types = {onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer if i.name.endswith("zero_point")}
-    assert {"UINT8", "INT8"} <= types
+    inits = {i.name: i for i in model.graph.initializer}
+    dequantized = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2]
+    # Stored quantized (an initializer feeds their DequantizeLinear): weights s8, biases s32. Quantized at
+    # run time (a QuantizeLinear feeds theirs): activations u8.
+    stored = {(inits[n.input[0]].data_type, inits[n.input[2]].data_type) for n in dequantized if n.input[0] in inits}
+    activations = {inits[n.input[2]].data_type for n in dequantized if n.input[0] not in inits}
+    assert {zero for storage, zero in stored if storage == onnx.TensorProto.INT8} == {onnx.TensorProto.INT8}, stored
+    assert all(zero == storage for storage, zero in stored) and activations == {onnx.TensorProto.UINT8}, (stored, activations)
 
 
 def test_percentile_calibration_clips_the_tails_minmax_keeps(workspace, digits_model, tmp_path):

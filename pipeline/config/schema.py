@@ -423,7 +423,7 @@ class CalibrationConfig:
     seed: int = 0
     batch_size: int = 16  # samples per statistics pass: bounds peak memory
     percentile: float = 99.999
-    num_bins: int = 128
+    num_bins: int = 2048
     exclude_nodes: List[str] = field(default_factory=list)  # nodes kept in float, e.g. a list the search found
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -432,9 +432,9 @@ class CalibrationConfig:
 class BenchmarkConfig:
     batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
     warmup: int = 3
-    iterations: int = 20  # timed runs per repeat
+    iterations: int = 10  # timed runs per repeat
     repeats: int = 3  # independent timed loops; their spread flags a noisy machine
-    max_seconds_per_batch: float = 20.0  # time budget per batch size (iterations may stop early)
+    max_seconds_per_batch: float = 10.0  # time budget per batch size (iterations may stop early)
     spread_warning: float = 0.10  # warn when repeat medians differ by more than this fraction
     threads: int = 0
     # Every build below FP32 (INT8, FP8, FP16, BF16) must be at least this many times faster than its FP32

@@ -57,7 +57,7 @@ def calibrate(ctx: BuildContext) -> dict:
         # Durations differ run to run: they are metrics, so the artifact stays byte-identical and DVC
         # skips the build when nothing else changed.
         seconds = {key: report.pop(key) for key in [k for k in report if k.endswith("_seconds") or k == "layer_speed"]}
-        write_json(out / "report.json", report)
+        write_json(out / paths.calibration_report.name, report)
     write_json(paths.calibrate_metrics, seconds)
     return {**report, **seconds}
 
@@ -90,7 +90,7 @@ def _quantize(ctx: BuildContext, source: Path, dataset, splits, out: Path, scrat
     from ..onnx_tools.inspect import load_model
     from ..onnx_tools.quantize import qdq_summary
 
-    calibration = ctx.config.calibration
+    calibration, paths = ctx.config.calibration, build_paths(ctx.config, ctx.name)
     element = ctx.precision.dtype  # int8 or float8e4m3fn: the config checks tie qdq to those
     if element == ElementType.float8e4m3fn and ctx.target.quantization.format.value != "trt_s8s8":
         raise PipelineError(f"fp8 Q/DQ is made for TensorRT targets; target '{ctx.entry.target}' quantizes as {ctx.target.quantization.format.value}")
@@ -126,12 +126,12 @@ def _quantize(ctx: BuildContext, source: Path, dataset, splits, out: Path, scrat
         searched = search_indices(splits, indices, size, calibration.seed, dataset.name)
         check_disjoint(dataset, searched, splits.validation)
         manifest["search"] = make_manifest(dataset, searched, "search", calibration.seed)
-    write_json(out / "manifest.json", manifest)
+    write_json(out / paths.manifest.name, manifest)
     seconds: dict = {}
     if alpha is not None:
         source = _smooth(ctx, source, dataset, indices, alpha, report, seconds, scratch)
     quantize_to, layer_op_types = _quantizer(ctx, source, dataset, indices, dynamic, report, seconds, out, scratch)
-    model_out = out / "model.onnx"
+    model_out = out / paths.calibrated.name
     excluded = list(calibration.exclude_nodes)
     sensitivity_feeds = [f for _, f in dataset.batches(used[: search.sensitivity_samples], ctx.model.batch_size(16))]
     layer_speed: list = []
@@ -150,7 +150,7 @@ def _quantize(ctx: BuildContext, source: Path, dataset, splits, out: Path, scrat
         excluded = _search_exclusions(ctx, reference_path, source, model_out, dataset, searched, sensitivity_feeds, excluded,
                                       lambda kept, dst: quantize_to(kept, source, dst), layer_speed, dynamic, out, scratch)
         seconds["search_seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out / "exclusions.json", excluded)
+    write_json(out / paths.exclusions.name, excluded)
     report["excluded_nodes"] = excluded
     report["qdq"] = qdq_summary(load_model(model_out))
     return {**report, **seconds}
@@ -199,7 +199,7 @@ def _quantizer(ctx: BuildContext, source: Path, dataset, indices: list, dynamic:
         # For TensorRT 10 tools that still take a calibrator cache (trtexec --calib); the pipeline
         # itself builds from the Q/DQ model on every TensorRT line, and 11 has no calibrators.
         cache = trt_calibration_cache(ranges, calibration.method, ctx.target.tensorrt_version)
-        (out / "calibration.cache").write_text(cache, encoding="utf-8")
+        (out / build_paths(ctx.config, ctx.name).calibration_cache.name).write_text(cache, encoding="utf-8")
     report.update({"method": calibration.method.value, "num_samples": len(indices), "quant_format": quantization.format.value,
                    "calibrated_tensors": len(ranges)})
 
@@ -296,7 +296,7 @@ def _search_exclusions(ctx, reference_path, source, model_out, dataset, search_s
             console.print(f"  search {ctx.name}: + keep {layer['node']} ({layer['op']}) in float -> {metrics}")
             if not failures:
                 break
-    write_json(out / "search.json", {"gates": as_plain(ctx.model.gates), "searched_for": as_plain(target_gates),
+    write_json(out / build_paths(ctx.config, ctx.name).search_report.name, {"gates": as_plain(ctx.model.gates), "searched_for": as_plain(target_gates),
                                      "num_samples": len(search_samples), "budget": search.max_excluded, "steps": steps_taken,
                                      "ranking": ranking[:50], "layer_errors": layer_errors[:50]})
     if failures:
