@@ -14,9 +14,10 @@ export PYTHONUNBUFFERED := 1
 
 SERVING_ENV := .venv-serving
 
-$(VENV)/.installed: requirements.lock requirements-serving.txt requirements-serving-env.lock requirements-ort-previous.txt
+$(VENV)/.installed: requirements.lock requirements-serving.txt requirements-serving-env.lock requirements-ort-previous.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-serving.txt
 	rm -rf .venv-ort-previous
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --target .venv-ort-previous -r requirements-ort-previous.txt

@@ -53,7 +53,7 @@ def progress_bar():
 def load_stage_params(path: str):
     """params.yaml, typed and checked; then temporaries of killed earlier runs are removed."""
     from .config import load_params
-    from .io import remove_stale_temporaries
+    from .files import remove_stale_temporaries
 
     cfg = load_params(path)
     for folder in (cfg.artifacts_dir, cfg.metrics_dir, cfg.plots_dir):
@@ -69,7 +69,7 @@ def stage_params(path: str) -> Iterator:
     records params the stage did not read."""
     from pathlib import Path
 
-    from .io import project_lock, sha256_file
+    from .files import project_lock, sha256_file
 
     params = Path(path)
     with project_lock(params.resolve().parent, exclusive=False):

@@ -18,16 +18,14 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.backends import get_backend  # noqa: E402
-from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data import load_dataset, make_splits  # noqa: E402
-from pipeline.evaluate.benchmark import side_by_side  # noqa: E402
-from pipeline.evaluate.host import host_cpu  # noqa: E402
-from pipeline.io import read_json  # noqa: E402
-from pipeline.paths import build_paths, model_paths  # noqa: E402
+from pipeline.backends import get_backend
+from pipeline.backends.onnxruntime_backend import load_onnx_runner
+from pipeline.config import load_params
+from pipeline.data import load_dataset, make_splits
+from pipeline.evaluate.benchmark import side_by_side
+from pipeline.evaluate.host import host_cpu
+from pipeline.files import read_json
+from pipeline.paths import build_paths, model_paths
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
-from pipeline.evaluate.benchmark import side_by_side  # noqa: E402
-from pipeline.evaluate.host import host_cpu  # noqa: E402
+from pipeline.backends.onnxruntime_backend import load_onnx_runner
+from pipeline.evaluate.benchmark import side_by_side
+from pipeline.evaluate.host import host_cpu
 
 
 def batch_of(feeds: dict, size: int) -> dict:

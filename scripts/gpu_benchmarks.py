@@ -6,20 +6,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import steps  # noqa: E402
-from pipeline.steps.chain import prepare_model  # noqa: E402
-from pipeline.backends import get_backend  # noqa: E402
-from pipeline.config import load_params, resolve_build, write_params  # noqa: E402
-from pipeline.data import load_dataset, make_splits  # noqa: E402
-from pipeline.evaluate.gpu_benchmark import gpu_benchmark_batch  # noqa: E402
-from pipeline.paths import build_paths  # noqa: E402
+from pipeline import steps
+from pipeline.steps.chain import prepare_model
+from pipeline.backends import get_backend
+from pipeline.config import load_params, resolve_build, write_params
+from pipeline.data import load_dataset, make_splits
+from pipeline.evaluate.gpu_benchmark import gpu_benchmark_batch
+from pipeline.paths import build_paths
 
 BASELINES = {"fp16_bs128_img_s": 9448.0, "fp32_bs128_img_s": 7158.0, "torch_graph_speedup_bs1": 6.96 / 1.05}
 

@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BUILD = "resnet50-h200_ort-fp16"
 SERVING = ["serving.precisions=[fp16]", "serving.max_batch_size=128", "serving.preferred_batch_sizes=[32,64,128]",
@@ -106,7 +104,7 @@ def measure(server, config, samples: list, levels: list, seconds: float, process
     from contextlib import ExitStack
 
     from pipeline.backends.cuda_runtime import NvmlSampler
-    from pipeline.serving.load import closed_loop
+    from pipeline.serving.load_generator import closed_loop
 
     server.load_model(BUILD, config, timeout_s=300)
     closed_loop(server.grpc, BUILD, samples, levels[0], 2.0, processes)  # a warm-up window, not reported
@@ -171,7 +169,7 @@ def main() -> None:
     from pipeline.data import load_dataset, make_splits
     from pipeline.errors import PipelineError
     from pipeline.evaluate.host import host_cpu
-    from pipeline.io import read_json
+    from pipeline.files import read_json
     from pipeline.paths import build_paths
     from pipeline.serving.repository import VERSION, live_copy, read_config
     from pipeline.serving.server import TritonServer, serving_environment

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pipeline.config.schema import DatasetConfig, DatasetSource, Preprocess  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.data import user_data  # noqa: E402
-from pipeline.evaluate.host import host_cpu  # noqa: E402
+from pipeline.config.schema import DatasetConfig, DatasetSource, Preprocess
+from pipeline.data import load_dataset
+from pipeline.data import user_data
+from pipeline.evaluate.host import host_cpu
 
 HEADING = "## Loading your images (image_folder, 640 x 480 JPEG)"
 

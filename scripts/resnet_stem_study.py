@@ -13,7 +13,6 @@ on real photo crops:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict
@@ -22,16 +21,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import kernel_ms as profiled_kernels  # noqa: E402  (scripts/, this script's folder)
-from pipeline import steps  # noqa: E402
-from pipeline.steps.chain import prepare_model  # noqa: E402
-from pipeline.backends.onnxruntime_backend import load_onnx_runner  # noqa: E402
-from pipeline.config import cpu_target_isas, load_params, resolve_build, write_params  # noqa: E402
-from pipeline.evaluate.benchmark import side_by_side  # noqa: E402
-from pipeline.evaluate.host import host_cpu, matching_targets  # noqa: E402
-from pipeline.paths import build_paths, model_paths  # noqa: E402
+from benchmarks import kernel_ms as profiled_kernels  # scripts/, this script's folder
+from pipeline import steps
+from pipeline.steps.chain import prepare_model
+from pipeline.backends.onnxruntime_backend import load_onnx_runner
+from pipeline.config import cpu_target_isas, load_params, resolve_build, write_params
+from pipeline.evaluate.benchmark import side_by_side
+from pipeline.evaluate.host import host_cpu, matching_targets
+from pipeline.paths import build_paths, model_paths
 
 BATCH, FLOOR, STEM = 32, 3.6, "/conv1/Conv"
 

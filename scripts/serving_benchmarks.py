@@ -11,25 +11,22 @@ the same artifact, in one run. A section of docs/benchmarks.md, written by `make
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.backends import get_backend  # noqa: E402
-from pipeline.config import resolve_build  # noqa: E402
-from pipeline.config.schema import BatchingSearch  # noqa: E402
-from pipeline.data import load_dataset, make_splits  # noqa: E402
-from pipeline.evaluate.host import host_cpu  # noqa: E402
-from pipeline.paths import build_paths  # noqa: E402
-from pipeline.serving.load import closed_loop, infer_inputs  # noqa: E402
-from pipeline.serving.repository import VERSION, Batching, live_copy, read_config  # noqa: E402
-from pipeline.serving.server import TritonServer, serving_environment  # noqa: E402
-from pipeline.serving.tune import describe, search_batching  # noqa: E402
-from pipeline.steps.deploy_step import deploy  # noqa: E402
+from pipeline.backends import get_backend
+from pipeline.config import resolve_build
+from pipeline.config.schema import BatchingSearch
+from pipeline.data import load_dataset, make_splits
+from pipeline.evaluate.host import host_cpu
+from pipeline.paths import build_paths
+from pipeline.serving.load_generator import closed_loop, infer_inputs
+from pipeline.serving.repository import VERSION, Batching, live_copy, read_config
+from pipeline.serving.server import TritonServer, serving_environment
+from pipeline.serving.tune import describe, search_batching
+from pipeline.steps.deploy_step import deploy
 
 BUILD = "resnet18-cpu-int8"
 SEARCH = BatchingSearch(enabled=True, instances=[1, 2], max_queue_delay_us=[5000, 20000], preferred_batch_sizes=[[], [16, 32]],

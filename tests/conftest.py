@@ -33,9 +33,12 @@ NO_SPEED_GATE = "benchmark.min_quantized_speedup=null"
 
 
 def compose_config(tmp_path: Path, *overrides: str):
-    """Compose conf/ with overrides into a params file and load it back, typed."""
+    """Compose conf/ with overrides into ``tmp_path``/params.yaml and load it back, typed. What the test does
+    not place itself goes under ``tmp_path`` (artifacts/, metrics/, plots/), never into the repository."""
+    given = {override.split("=", 1)[0] for override in overrides}
+    outputs = [f"{key}={tmp_path / key[: -len('_dir')]}" for key in ("artifacts_dir", "metrics_dir", "plots_dir") if key not in given]
     params = tmp_path / "params.yaml"
-    write_params(params, [NO_SPEED_GATE, *overrides])
+    write_params(params, [NO_SPEED_GATE, *outputs, *overrides])
     return load_params(params)
 
 

@@ -124,7 +124,7 @@ def main() -> int:
     out, module, *argv = sys.argv[1:]
     sys.path.insert(0, str(ROOT))
     sys.addaudithook(_audit)
-    import pipeline.io as io
+    import pipeline.files as io
 
     original_require = io.require_file
 

@@ -13,7 +13,7 @@ from pipeline.config.schema import BenchmarkConfig, Gates
 from pipeline.errors import PipelineError
 from pipeline.evaluate.benchmark import sweep
 from pipeline.evaluate.validate import check_gates, compare_outputs
-from pipeline.io import read_json, sha256_file
+from pipeline.files import read_json, sha256_file
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import private_copy
@@ -205,7 +205,7 @@ def test_validate_refuses_a_manifest_that_names_validation_samples(workspace, di
     import dataclasses
 
     from pipeline.data import load_dataset, make_splits
-    from pipeline.io import write_json
+    from pipeline.files import write_json
 
     cfg = private_copy(workspace, tmp_path, "models/digits_cnn", f"builds/{digits_int8.name}")
     manifest_path = build_paths(cfg, digits_int8.name).manifest

@@ -19,7 +19,7 @@ from pipeline.backends import get_backend
 from pipeline.config import resolve_build, resolve_model
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.files import read_json
 from pipeline.models import build_torch_model, load_checkpoint
 from pipeline.paths import build_paths, model_metrics, model_paths
 

@@ -19,7 +19,7 @@ from pipeline import steps
 from pipeline.evaluate.host import ISA_FLAGS, HostCpu, host_cpu
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.files import read_json
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import REPO, compose_config

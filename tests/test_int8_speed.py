@@ -14,9 +14,9 @@ import pytest
 from pipeline import steps
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.files import read_json
 from pipeline.onnx_tools.fusion import fuse_transformer
-from pipeline.onnx_tools.sensitivity import rank_by_cost
+from pipeline.evaluate.sensitivity import rank_by_cost
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import compose_config

@@ -14,7 +14,7 @@ import pytest
 from pipeline import steps
 from pipeline.config import resolve_build, resolve_model
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir, output_lock, remove_stale_temporaries, scratch_dir
+from pipeline.files import atomic_dir, output_lock, remove_stale_temporaries, scratch_dir
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import REPO, compose_config

@@ -11,7 +11,7 @@ import pytest
 from pipeline import steps
 from pipeline.steps.chain import prepare_model
 from pipeline.config import resolve_build
-from pipeline.io import read_json
+from pipeline.files import read_json
 from pipeline.paths import build_paths, model_paths
 from pipeline.report.summary import write_report
 

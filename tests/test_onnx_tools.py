@@ -14,7 +14,7 @@ from pipeline.config import resolve_build, resolve_model
 from pipeline.config.schema import CalibrationMethod, QuantFormat
 from pipeline.data import load_dataset, make_splits
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, sha256_file
+from pipeline.files import read_json, sha256_file
 from pipeline.onnx_tools.inspect import load_model
 from pipeline.onnx_tools.quantize import collect_ranges, folded_activation_inputs, quantize_qdq, trt_calibration_cache
 from pipeline.onnx_tools.simplify import simplify_file

@@ -15,7 +15,7 @@ from pipeline.backends.onnxruntime_backend import load_onnx_runner
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
 from pipeline.evaluate.host import host_cpu
-from pipeline.io import read_json
+from pipeline.files import read_json
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import REPO, compose_config

@@ -21,8 +21,8 @@ from pipeline.config import resolve_build
 from pipeline.config.schema import Gates
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
-from pipeline.onnx_tools.sensitivity import leave_one_out
+from pipeline.files import read_json
+from pipeline.evaluate.sensitivity import leave_one_out
 from pipeline.paths import build_paths, model_paths
 
 OUTLIER = 1000.0
@@ -132,7 +132,7 @@ def test_the_search_checks_its_gates_on_its_own_split(sensitive):
     assert not search & calibration and not search & validation and not calibration & validation
     steps.build(ctx)
     manifest["search"]["samples"].append({"id": sorted(validation)[0], "sha256": "0" * 64})
-    from pipeline.io import write_json
+    from pipeline.files import write_json
 
     write_json(build_paths(ctx.config, ctx.name).manifest, manifest)
     with pytest.raises(PipelineError, match="1 validation samples were used for the accuracy search"):

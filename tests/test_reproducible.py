@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import write_params
 from pipeline.evaluate.host import host_cpu
-from pipeline.io import sha256_file
+from pipeline.files import sha256_file
 from pipeline.onnx_tools.quantize import RANGE_BITS, portable_range
 
 from .conftest import REPO

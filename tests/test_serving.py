@@ -16,7 +16,7 @@ import pytest
 from pipeline import steps
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, sha256_file
+from pipeline.files import read_json, sha256_file
 from pipeline.paths import build_paths, model_paths
 from pipeline.serving.repository import read_config
 from pipeline.serving.server import TritonServer, free_port
@@ -236,7 +236,7 @@ def test_a_killed_server_leaves_no_stub_and_no_shared_memory_and_the_error_says_
     """kill -9 of tritonserver mid-serve: stopping still ends its process group (the Python-backend stubs)
     and removes its shared-memory regions, and the caller sees why, not a client traceback."""
     from pipeline.data import load_dataset
-    from pipeline.serving.load import infer
+    from pipeline.serving.load_generator import infer
     from pipeline.steps.serve_step import served as serving
 
     _, ctx, _, _ = served
@@ -384,7 +384,7 @@ def test_deploy_promotes_good_versions_rejects_broken_ones_and_rolls_back_withou
 
     from pipeline.data import load_dataset
     from pipeline.serving.deploy import history, rollback
-    from pipeline.serving.load import infer_inputs
+    from pipeline.serving.load_generator import infer_inputs
     from pipeline.steps.deploy_step import deploy
 
     from .conftest import private_copy

@@ -19,7 +19,7 @@ from pipeline.backends.tensorrt_backend import check_precision, import_tensorrt,
 from pipeline.config import resolve_build
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, sha256_file
+from pipeline.files import read_json, sha256_file
 from pipeline.paths import build_paths, model_paths
 
 from .conftest import compose_config

@@ -14,7 +14,7 @@ from pipeline.config.schema import ColorOrder, DatasetConfig, DatasetSource, Lay
 from pipeline.data import load_dataset, make_splits
 from pipeline.data.preprocess import preprocess_image
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.files import read_json
 from pipeline.paths import build_paths
 from pipeline.steps.chain import prepare_model
 

@@ -7,7 +7,7 @@ from typing import Sequence
 from ..config.schema import Backend as BackendKind
 from ..config.schema import option_value
 from ..errors import PipelineError
-from ..io import read_json, require_file
+from ..files import read_json, require_file
 from .base import SIDECAR, Backend, BuildRequest, Runner
 
 __all__ = ["SIDECAR", "Backend", "BuildRequest", "Runner", "built_by", "get_backend"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config.schema import ModelConfig, TargetConfig, TensorSpec
 from ..errors import PipelineError
-from ..io import read_json, require_file, sha256_file
+from ..files import read_json, require_file, sha256_file
 
 SIDECAR = "sidecar.json"
 SIDECAR_KEYS = ("backend", "artifact", "artifact_sha256", "build", "precision", "inputs", "outputs")

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
-from ..io import require_file, sha256_file, write_json
+from ..files import require_file, sha256_file, write_json
 from .base import SIDECAR, Backend, BuildRequest, Runner, RunnerPerShape, ort_numpy_dtype
 
 ARTIFACT = "model.onnx"

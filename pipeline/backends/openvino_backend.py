@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
-from ..io import sha256_file, write_json
+from ..files import sha256_file, write_json
 from .base import SIDECAR, Backend, BuildRequest, Runner
 
 ARTIFACT, WEIGHTS = "model.xml", "model.bin"

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config.schema import HardwareCompatibility, TargetConfig, TensorSpec
 from ..errors import PipelineError
-from ..io import atomic_path, sha256_bytes, sha256_file, write_json, write_text
+from ..files import atomic_path, sha256_bytes, sha256_file, write_json, write_text
 from .base import SIDECAR, Backend, BuildRequest, Runner
 from .cuda_runtime import gpu_compute_capability
 

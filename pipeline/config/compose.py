@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import PipelineError
-from ..io import write_text
+from ..files import write_text
 from . import registry  # noqa: F401  (schema + resolver)
 from .schema import PipelineConfig
 

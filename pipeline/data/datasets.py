@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config.schema import DatasetConfig, DatasetSource, Preprocess, TensorSpec
 from ..errors import PipelineError
-from ..io import sha256_bytes
+from ..files import sha256_bytes
 from .preprocess import preprocess_image
 from .resources import resolve_path
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..backends.onnxruntime_backend import load_onnx_runner
-from ..onnx_tools.sensitivity import with_outputs
+from .sensitivity import with_outputs
 from .benchmark import side_by_side
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 from ..config.schema import ModelConfig, ModelSource
 from ..data import Dataset, Splits
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..scoped import deterministic_torch, portable_float_kernels
 
 

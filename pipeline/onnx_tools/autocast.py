@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..scoped import logger_levels
 
 _AUTOCAST_TYPES = {"float16": "fp16", "bfloat16": "bf16"}

@@ -20,7 +20,7 @@ from onnx import numpy_helper, shape_inference, version_converter
 from ..config.schema import ModelConfig, option_value
 from ..errors import PipelineError
 from ..similarity import class_axis_problem
-from ..io import atomic_path
+from ..files import atomic_path
 from .inspect import SOURCE_NODES_KEY, load_model, onnx_elem_type, real_inputs
 
 # Op domains ONNX Runtime runs without a plugin (com.microsoft: its contrib ops, e.g. from its optimizer).

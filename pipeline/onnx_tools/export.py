@@ -9,7 +9,7 @@ import onnx
 
 from ..config.schema import ModelConfig
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 
 
 def export_onnx(model, cfg: ModelConfig, out_path: Path) -> onnx.ModelProto:

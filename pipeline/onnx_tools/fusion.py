@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..scoped import logger_levels
 
 

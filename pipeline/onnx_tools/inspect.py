@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from ..errors import PipelineError
-from ..io import require_file
+from ..files import require_file
 
 
 # Metadata a bring-your-own import leaves in its output: the node count of the user's own file.

@@ -18,7 +18,7 @@ import onnx
 
 from ..config.schema import CalibrationConfig, CalibrationMethod, QuantFormat
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 from ..scoped import logger_levels
 
 

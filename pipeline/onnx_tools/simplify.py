@@ -6,7 +6,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 from .inspect import SOURCE_NODES_KEY, load_model, op_counts
 
 

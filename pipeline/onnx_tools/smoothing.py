@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..files import atomic_path
 from .quantize import round_to_bits
 
 

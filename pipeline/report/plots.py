@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from ..errors import PipelineError
-from ..io import atomic_dir
+from ..files import atomic_dir
 
 PNG_SCALE = 2.0  # crisp on high-density screens
 

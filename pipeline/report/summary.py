@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from ..config.schema import PipelineConfig
 from ..errors import PipelineError
-from ..io import read_json, write_json, write_text
+from ..files import read_json, write_json, write_text
 from ..paths import build_paths
 
 

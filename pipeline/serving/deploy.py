@@ -16,8 +16,8 @@ import numpy as np
 from ..backends import Runner
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
-from ..io import write_json
-from .load import infer_inputs
+from ..files import write_json
+from .load_generator import infer_inputs
 from .repository import VERSION, live_copy, read_config
 from .server import TritonHttp
 

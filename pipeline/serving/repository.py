@@ -26,7 +26,7 @@ from ..errors import PipelineError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # The runner's modules, vendored into the Python form (the stub sees no PYTHONPATH).
-RUNNER_MODULES = ["__init__.py", "errors.py", "io.py", "config/__init__.py", "config/schema.py", "backends/__init__.py",
+RUNNER_MODULES = ["__init__.py", "errors.py", "files.py", "config/__init__.py", "config/schema.py", "backends/__init__.py",
                   "backends/base.py", "backends/onnxruntime_backend.py"]
 VERSION = "1"
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config.schema import BatchingSearch
 from ..errors import PipelineError
-from .load import closed_loop
+from .load_generator import closed_loop
 from .repository import VERSION, Batching, live_copy, read_config
 from .server import TritonServer
 

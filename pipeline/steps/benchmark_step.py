@@ -13,7 +13,7 @@ from ..config.schema import Backend, Device, PrecisionMode
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
 from ..evaluate.benchmark import length_bucketed, side_by_side, sweep
-from ..io import write_json
+from ..files import write_json
 from ..paths import build_paths, model_paths
 
 

@@ -15,7 +15,7 @@ from ..cli import console
 from ..config.checks import runtimes_for
 from ..config.load import BuildContext
 from ..errors import PipelineError
-from ..io import atomic_dir, read_json, require_file, scratch_dir, sha256_json, write_json
+from ..files import atomic_dir, read_json, require_file, scratch_dir, sha256_json, write_json
 from ..paths import build_paths, model_paths
 
 

@@ -14,7 +14,7 @@ from ..data import calibration_indices, check_disjoint, load_dataset, make_manif
 from ..errors import PipelineError
 from ..evaluate.host import host_cpu
 from ..evaluate.validate import check_gates, evaluate, with_headroom
-from ..io import atomic_dir, require_file, scratch_dir, write_json
+from ..files import atomic_dir, require_file, scratch_dir, write_json
 from ..paths import build_paths, model_paths
 
 
@@ -255,7 +255,7 @@ def _search_exclusions(ctx, reference_path, source, model_out, dataset, search_s
     from ..evaluate.validate import CachedRunner
     from ..onnx_tools.inspect import load_model
     from ..onnx_tools.quantize import dynamic_op_types
-    from ..onnx_tools.sensitivity import layer_sensitivity, leave_one_out, leave_one_out_requantized, rank_by_cost
+    from ..evaluate.sensitivity import layer_sensitivity, leave_one_out, leave_one_out_requantized, rank_by_cost
 
     search = ctx.config.calibration.search
     reference = CachedRunner(load_onnx_runner(reference_path))

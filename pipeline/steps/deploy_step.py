@@ -11,7 +11,7 @@ from ..data import load_dataset, make_splits
 from ..evaluate.validate import check_gates, evaluate
 from ..paths import model_paths
 from ..serving import deploy as deployment
-from ..serving.load import closed_loop
+from ..serving.load_generator import closed_loop
 from ..serving.server import serving_environment
 from .serve_step import python_package
 

@@ -13,7 +13,7 @@ from importlib import metadata
 from ..backends import get_backend
 from ..config.schema import Backend, Device, PipelineConfig
 from ..evaluate.host import host_cpu
-from ..io import write_json
+from ..files import write_json
 from ..paths import environment_file
 
 # calibrate converts precision with these for every target (Q/DQ with ONNX Runtime, AutoCast with ModelOpt).

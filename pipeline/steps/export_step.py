@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..cli import console
 from ..config.load import ModelContext
 from ..config.schema import ModelSource, PipelineConfig
-from ..io import require_file
+from ..files import require_file
 from ..paths import model_paths
 from ..scoped import deterministic_torch
 

@@ -11,7 +11,7 @@ from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
-from ..io import atomic_dir, scratch_dir, write_json
+from ..files import atomic_dir, scratch_dir, write_json
 from ..paths import build_paths
 from ..serving.repository import Batching, TensorInfo, python_form_problem, read_config, write_config, write_repositories
 from ..serving.server import serving_environment

@@ -11,7 +11,7 @@ from ..config.load import ModelContext
 from ..config.schema import ModelSource, PipelineConfig
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
-from ..io import atomic_dir
+from ..files import atomic_dir
 from ..paths import model_paths
 
 

@@ -14,9 +14,9 @@ from ..cli import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
-from ..io import scratch_dir, write_json
+from ..files import scratch_dir, write_json
 from ..paths import build_paths
-from ..serving.load import closed_loop, highest_rate_within, infer
+from ..serving.load_generator import closed_loop, highest_rate_within, infer
 from ..serving.repository import VERSION, live_copy, python_form_problem
 from ..serving.server import TritonServer, serving_environment
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..config.load import ModelContext
 from ..config.schema import PipelineConfig
-from ..io import write_json
+from ..files import write_json
 from ..paths import model_metrics, model_paths
 
 

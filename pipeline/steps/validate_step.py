@@ -10,7 +10,7 @@ from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
 from ..evaluate.validate import check_gates, evaluate
-from ..io import read_json, require_file, write_json
+from ..files import read_json, require_file, write_json
 from ..paths import build_paths, model_paths
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from ..backends.onnxruntime_backend import create_session
 from ..similarity import row_cosine
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -62,8 +63,6 @@ def with_outputs(model_path: Path, names: Iterable[str], out_path: Path) -> List
 
 def layer_sensitivity(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np.ndarray]], workdir: Optional[Path] = None) -> List[dict]:
     """Nodes of the Q/DQ model, most sensitive first, with their output and added relative errors."""
-    from ..backends.onnxruntime_backend import create_session
-
     nodes = quantized_nodes(onnx.load(str(qdq_path)))
     wanted = {n["output"] for n in nodes.values()} | {i for n in nodes.values() for i in n["inputs"]}
     with tempfile.TemporaryDirectory(prefix="sensitivity.", dir=workdir) as tmp:
@@ -124,8 +123,6 @@ def leave_one_out(fp32_path: Path, qdq_path: Path, feeds_list: List[Dict[str, np
                   workdir: Optional[Path] = None) -> List[dict]:
     """For each quantized node: the final output's mean cosine to FP32 when only that node is left
     in float. Highest gain first: those are the layers worth keeping in float."""
-    from ..backends.onnxruntime_backend import create_session
-
     fp32 = create_session(fp32_path, level="basic")
     reference = [fp32.run([output], feeds)[0] for feeds in feeds_list]
     qdq = onnx.load(str(qdq_path))
@@ -155,8 +152,6 @@ def leave_one_out_requantized(fp32_path: Path, candidates: List[Tuple[str, str]]
                               workdir: Optional[Path] = None) -> List[dict]:
     """``leave_one_out`` for graphs without Q/DQ pairs to bypass (dynamic quantization's integer ops):
     each candidate (node, op) is left in float by quantizing the model again without it."""
-    from ..backends.onnxruntime_backend import create_session
-
     fp32 = create_session(fp32_path, level="basic")
     reference = [fp32.run([output], feeds)[0] for feeds in feeds_list]
     with tempfile.TemporaryDirectory(prefix="loo.", dir=workdir) as tmp:
