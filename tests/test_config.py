@@ -95,6 +95,8 @@ def test_every_precision_option_makes_builds_of_that_precision(tmp_path, precisi
          "hidden_size a multiple of num_heads"),
         (["target=[rtx4090]", "target.rtx4090.quantization.min_layer_speedup=1.02"],
          "target.rtx4090.quantization.min_layer_speedup = 1.02: null, or > 0 on ONNX Runtime CPU targets"),
+        (["model=[digits_cnn]", "benchmark.speed_gate_waived=[digits_cnn-cpu-fp16]"],
+         "benchmark.speed_gate_waived names ['digits_cnn-cpu-fp16'], which are not builds of this matrix; its builds: ['digits_cnn-cpu-fp32'"),
     ],
 )
 def test_bad_config_fails_at_compose_time_naming_what_is_allowed(tmp_path, overrides, expected):

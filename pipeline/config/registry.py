@@ -75,6 +75,10 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
             why = unrunnable_precision(typed.target[target_name], precision)
             if why:
                 problems.append(f"target '{target_name}' cannot run precision {precision}: {why}")
+    names = [f"{m}-{t}-{p}" for m in sorted(models) for t in sorted(targets) for p in sorted(precisions)]
+    unknown = [b for b in typed.benchmark.speed_gate_waived if b not in names]
+    if unknown:
+        problems.append(f"benchmark.speed_gate_waived names {unknown}, which are not builds of this matrix; its builds: {names}")
     if problems:
         raise InvalidCombination("; ".join(problems))
     return {

@@ -13,7 +13,7 @@ from ..backends import Runner
 from ..config.schema import Gates, ModelConfig, RuntimeSelection
 from ..data.datasets import Dataset
 from .benchmark import side_by_side
-from .validate import check_gates, evaluate
+from .validate import CachedRunner, check_gates, evaluate
 
 
 @dataclass
@@ -43,8 +43,6 @@ class Candidate:
 def gate_candidates(candidates: Sequence[Candidate], reference: Runner, dataset: Dataset, samples: Sequence[int],
                     model: ModelConfig, gates: Gates) -> None:
     """Each built candidate's outputs on ``samples`` against the reference's (computed once), by the model's gates."""
-    from .validate import CachedRunner
-
     cached = CachedRunner(reference)
     for candidate in candidates:
         if candidate.runner is None:
