@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -157,11 +157,7 @@ class OnnxRuntimeBackend(Backend):
             # every change, timing each cuDNN algorithm the first time it meets a shape (seconds for
             # ResNet-50). Many shapes: a session per shape, algorithms by heuristics so loading stays quick.
             search = {"cudnn_conv_algo_search": "HEURISTIC"} if varying_shapes else {}
-            built_with = sidecar.get("cuda_provider_options", {})
-
-            def session(cuda_options: dict):
-                return ort.InferenceSession(str(path), session_options(threads, level),
-                                            providers=[("CUDAExecutionProvider", {**built_with, **search, **cuda_options}), "CPUExecutionProvider"])
+            session = cuda_session_factory(path, threads, level, {**sidecar.get("cuda_provider_options", {}), **search})
 
             def runner():
                 return OnnxRuntimeCudaRunner(session, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
@@ -182,6 +178,18 @@ def load_onnx_runner(path: Path | str, threads: int = 0, level: str = "all", dis
     return OnnxRuntimeRunner(session, specs_from_session(session))
 
 
+def cuda_session_factory(path: Path | str, threads: int, level: str, provider_options: Dict[str, str]) -> Callable[[dict], object]:
+    """What OnnxRuntimeCudaRunner makes its sessions with: the CUDA provider on ``path`` with
+    ``provider_options`` (the target's, recorded at build), plus those the runner adds per session."""
+    ort = _ort()
+
+    def session(cuda_options: dict):
+        return ort.InferenceSession(str(path), session_options(threads, level),
+                                    providers=[("CUDAExecutionProvider", {**provider_options, **cuda_options}), "CPUExecutionProvider"])
+
+    return session
+
+
 def load_onnx_cuda_runner(path: Path | str, inputs: List[TensorSpec], output_names: List[str], provider_options: Optional[Dict[str, str]] = None,
                           gpu: int = 0) -> Runner:
     """A CUDA-provider runner straight on an ONNX file whose inputs and outputs are ``inputs`` and
@@ -190,10 +198,4 @@ def load_onnx_cuda_runner(path: Path | str, inputs: List[TensorSpec], output_nam
     from .cuda_runtime import OnnxRuntimeCudaRunner, require_gpu
 
     require_gpu("the FP32 reference on the GPU")
-    ort = _ort()
-
-    def session(cuda_options: dict):
-        return ort.InferenceSession(str(path), session_options(0, "all"),
-                                    providers=[("CUDAExecutionProvider", {**(provider_options or {}), **cuda_options}), "CPUExecutionProvider"])
-
-    return OnnxRuntimeCudaRunner(session, inputs, output_names, gpu=gpu)
+    return OnnxRuntimeCudaRunner(cuda_session_factory(path, 0, "all", dict(provider_options or {})), inputs, output_names, gpu=gpu)

@@ -24,11 +24,12 @@ def build(ctx: BuildContext) -> dict:
     paths = build_paths(cfg, ctx.name)
     source = require_file(paths.calibrated, "calibrated ONNX")
     runtimes = runtimes_for(ctx.target, ctx.precision_name)
+    config_hash = sha256_json(ctx.config_fingerprint())
 
     def request(out_dir: Path) -> BuildRequest:
         return BuildRequest(
             onnx_path=source, out_dir=out_dir, target_name=ctx.entry.target, target=ctx.target, model=ctx.model,
-            precision=ctx.precision_name, config_hash=sha256_json(ctx.config_fingerprint()), build_name=ctx.name,
+            precision=ctx.precision_name, config_hash=config_hash, build_name=ctx.name,
         )
 
     # Every build starts from an empty timing cache: a cache shared between builds would make engine
@@ -67,20 +68,20 @@ def _choose_runtime(ctx: BuildContext, runtimes: List[str], request, scratch: Pa
 
     selection = ctx.target.selection
     candidates = []
-    for runtime in runtimes:
-        backend, folder = get_backend(runtime), scratch / runtime
-        folder.mkdir()
-        started = time.perf_counter()
-        try:
-            backend.check_available()
-            backend.build(request(folder))
-            runner = backend.load(folder, expect=ctx.artifact_identity())
-        except PipelineError as exc:  # a runtime that cannot take this model is a lost candidate, not a failed build
-            candidates.append(Candidate(runtime, error=str(exc), build_seconds=time.perf_counter() - started))
-            console.print(f"  [yellow]{ctx.name}: {runtime} cannot build it: {exc}[/]")
-            continue
-        candidates.append(Candidate(runtime, runner=runner, build_seconds=time.perf_counter() - started))
-    try:
+    try:  # every runner made is closed, whatever happens after it
+        for runtime in runtimes:
+            backend, folder = get_backend(runtime), scratch / runtime
+            folder.mkdir()
+            started = time.perf_counter()
+            try:
+                backend.check_available()
+                backend.build(request(folder))
+                runner = backend.load(folder, expect=ctx.artifact_identity())
+            except PipelineError as exc:  # a runtime that cannot take this model is a lost candidate, not a failed build
+                candidates.append(Candidate(runtime, error=str(exc), build_seconds=time.perf_counter() - started))
+                console.print(f"  [yellow]{ctx.name}: {runtime} cannot build it: {exc}[/]")
+                continue
+            candidates.append(Candidate(runtime, runner=runner, build_seconds=time.perf_counter() - started))
         dataset = load_dataset(ctx.entry.dataset, ctx.dataset, ctx.model.inputs)
         samples = _gate_samples(ctx, dataset, make_splits(dataset, ctx.dataset).train)
         reference = load_onnx_runner(model_paths(ctx.config, ctx.entry.model).simplified)

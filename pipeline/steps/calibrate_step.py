@@ -30,36 +30,40 @@ def calibrate(ctx: BuildContext) -> dict:
         _check_data_fits(ctx, source, dataset, splits)
         model_out, manifest_out = out / paths.calibrated.name, out / paths.manifest.name
         report: dict = {"build": ctx.name, "precision": ctx.precision_name, "mode": mode.value}
-        no_samples = {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []}  # float conversions use none
-        # A CPU runtime computes a reduced float precision from the FP32 model (OpenVINO's inference
-        # precision on AMX-BF16); an AutoCast graph would only add Casts around kernels it does not have.
-        runtime_converts = mode == PrecisionMode.autocast and ctx.target.device == Device.cpu
-        if runtime_converts:
-            report["converted_by_runtime"] = f"the FP32 model; the runtime computes in {ctx.precision.dtype.value}"
-        if mode == PrecisionMode.passthrough or runtime_converts:
-            shutil.copyfile(source, model_out)
-            write_json(manifest_out, no_samples)
-        elif mode == PrecisionMode.autocast and _fused_fp16_for_cuda(ctx):
-            from ..onnx_tools.fusion import fuse_transformer_fp16_gpu
-
-            fusions = ctx.model.transformer_fusions
-            report["transformer_fusions"] = fuse_transformer_fp16_gpu(source, model_out, fusions.model_type, fusions.num_heads,
-                                                                      fusions.hidden_size, fusions.gelu_approximation)
-            report["converted_by"] = "ONNX Runtime's transformer optimizer (GPU fusions), then float16 with float32 inputs and outputs"
-            write_json(manifest_out, no_samples)
-        elif mode == PrecisionMode.autocast:
-            from ..onnx_tools.autocast import autocast_file
-
-            report["autocast"] = autocast_file(source, model_out, ctx.precision.dtype.value)
-            write_json(manifest_out, no_samples)
-        else:
+        if mode == PrecisionMode.qdq:
             report.update(_quantize(ctx, source, dataset, splits, out, scratch))
+        else:
+            report.update(_convert_float(ctx, source, model_out))
+            write_json(manifest_out, {"dataset": ctx.entry.dataset, "split": "calibration", "num_samples": 0, "samples": []})
         # Durations differ run to run: they are metrics, so the artifact stays byte-identical and DVC
         # skips the build when nothing else changed.
         seconds = {key: report.pop(key) for key in [k for k in report if k.endswith("_seconds") or k == "layer_speed"]}
         write_json(out / paths.calibration_report.name, report)
     write_json(paths.calibrate_metrics, seconds)
     return {**report, **seconds}
+
+
+def _convert_float(ctx: BuildContext, source: Path, model_out: Path) -> dict:
+    """FP32 as exported, or FP16/BF16 (no calibration samples): what the report says about it."""
+    mode = ctx.precision.mode
+    # A CPU runtime computes a reduced float precision from the FP32 model (OpenVINO's inference
+    # precision on AMX-BF16); an AutoCast graph would only add Casts around kernels it does not have.
+    if mode == PrecisionMode.autocast and ctx.target.device == Device.cpu:
+        shutil.copyfile(source, model_out)
+        return {"converted_by_runtime": f"the FP32 model; the runtime computes in {ctx.precision.dtype.value}"}
+    if mode == PrecisionMode.passthrough:
+        shutil.copyfile(source, model_out)
+        return {}
+    if _fused_fp16_for_cuda(ctx):
+        from ..onnx_tools.fusion import fuse_transformer_fp16_gpu
+
+        fusions = ctx.model.transformer_fusions
+        return {"transformer_fusions": fuse_transformer_fp16_gpu(source, model_out, fusions.model_type, fusions.num_heads,
+                                                                 fusions.hidden_size, fusions.gelu_approximation),
+                "converted_by": "ONNX Runtime's transformer optimizer (GPU fusions), then float16 with float32 inputs and outputs"}
+    from ..onnx_tools.autocast import autocast_file
+
+    return {"autocast": autocast_file(source, model_out, ctx.precision.dtype.value)}
 
 
 def _check_data_fits(ctx: BuildContext, source: Path, dataset, splits) -> None:
