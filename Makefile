@@ -59,7 +59,7 @@ serve: run
 	$(BIN)/python -m pipeline serve resnet18-cpu-int8
 
 bench: run
-	$(BIN)/python scripts/benchmarks.py --cold --issue4 --serving --cpu-target
+	$(BIN)/python scripts/benchmarks.py --cold --minilm --serving --cpu-target
 	$(BIN)/python scripts/image_loading.py
 
 clean:

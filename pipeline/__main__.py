@@ -19,7 +19,9 @@ import argparse
 import difflib
 from pathlib import Path
 
-from .cli import console, run_stage
+from .cli import run_stage
+from .console import console
+from .dvc_file import core_module_problems, write_core_modules
 from .config import compose_yaml, write_params
 from .errors import PipelineError
 from .files import project_lock
@@ -47,6 +49,8 @@ def compose_command(args) -> None:
     refuse_while_dvc_runs(project)
     with project_lock(project, exclusive=True, refusal=f"a stage of {project} is running; compose params.yaml after it finishes"):
         text = write_params(args.output, args.overrides)
+        if (project / "dvc.yaml").is_file() and write_core_modules(project / "dvc.yaml"):
+            console.print(f"wrote the core modules of every stage into {project / 'dvc.yaml'}")
     console.print(f"wrote {args.output} ({len(text.splitlines())} lines)")
 
 
@@ -61,7 +65,11 @@ def check_command(args) -> None:
     if actual != expected:
         diff = "".join(difflib.unified_diff(actual.splitlines(True), expected.splitlines(True), str(path), "composed conf/"))
         raise PipelineError(f"{path} is out of date with conf/; run `make params`:\n{diff}")
-    console.print(f"{path} matches conf/")
+    dvc_yaml = path.resolve().parent / "dvc.yaml"
+    problems = core_module_problems(dvc_yaml) if dvc_yaml.is_file() else []
+    if problems:
+        raise PipelineError("; ".join(problems))
+    console.print(f"{path} matches conf/" + ("; dvc.yaml declares the core modules in every stage" if dvc_yaml.is_file() else ""))
 
 
 def serve_command(args) -> None:

@@ -7,12 +7,10 @@ import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
-from rich.console import Console
 from rich.markup import escape
 
+from .console import console
 from .errors import PipelineError
-
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def stage_args(description: str, key: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -42,12 +40,6 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         sys.exit(130)
-
-
-def progress_bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
 
 
 def load_stage_params(path: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from .backends import get_backend
-from .cli import console
+from .console import console
 from .config.schema import Device, PipelineConfig
 from .errors import PipelineError
 

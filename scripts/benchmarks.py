@@ -164,7 +164,7 @@ def kernel_section(kernels: dict) -> list:
     return lines + [""]
 
 
-def issue4_section(cfg_path: Path, matmul_kernel: tuple) -> list:
+def minilm_and_calibration_section(cfg_path: Path, matmul_kernel: tuple) -> list:
     """MiniLM INT8 vs plain ORT FP32 at batch 32 x 128 tokens; calibration times (500 samples)."""
     from pipeline import steps
     from pipeline.steps.chain import prepare_model
@@ -315,7 +315,7 @@ def cold_pipeline_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cold", action="store_true", help="also time a cold `dvc repro` in a fresh clone (~5 min)")
-    parser.add_argument("--issue4", action="store_true", help="also MiniLM INT8 speed/accuracy and ResNet-50 calibration time (~5 min)")
+    parser.add_argument("--minilm", action="store_true", help="also MiniLM INT8 speed/accuracy and ResNet-50 calibration time (~5 min)")
     parser.add_argument("--serving", action="store_true", help="also the serving floors on a real Triton server (~5 min)")
     parser.add_argument("--cpu-target", action="store_true", help="also INT8 vs FP32 on this host's most specific CPU target (~5 min)")
     parser.add_argument("--only-cpu-target", action="store_true", help="only that section, replacing it in --update's file")
@@ -333,7 +333,7 @@ def main() -> None:
         return
     cfg = load_params(REPO / "params.yaml")
     machine = host_cpu().describe()
-    lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --issue4' if args.issue4 else ''}{' --serving' if args.serving else ''}{' --cpu-target' if args.cpu_target else ''}`)",
+    lines = ["# Benchmarks", "", f"Machine: {machine}. Produced by `make bench` (`python scripts/benchmarks.py{' --cold' if args.cold else ''}{' --minilm' if args.minilm else ''}{' --serving' if args.serving else ''}{' --cpu-target' if args.cpu_target else ''}`)",
              "after `make run`; every comparison runs side by side in one process, in alternating blocks, and is given as a ratio.", ""]
 
     lines += ["## INT8 artifact vs plain ONNX Runtime (resnet18, CPU)", "",
@@ -368,8 +368,8 @@ def main() -> None:
         lines += cpu_target_section()
         lines += ["The same comparison on an Intel Xeon with AMX-INT8 (the lent GPU machine's host), 2 and 16 cores:",
                   "[cpu_amx.md](cpu_amx.md) (`scripts/cpu_speed.py` on artifacts carried there).", ""]
-    if args.issue4:
-        lines += issue4_section(REPO / "params.yaml", kernels["matmul"])
+    if args.minilm:
+        lines += minilm_and_calibration_section(REPO / "params.yaml", kernels["matmul"])
     if args.serving:
         from serving_benchmarks import serving_section
 

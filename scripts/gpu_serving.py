@@ -1,4 +1,4 @@
-"""Triton on the GPU (issue 15, steps 3 and 4): ResNet-50 fp16 through the h200_ort target, served by the
+"""Triton on the GPU: ResNet-50 fp16 through the h200_ort target, served by the
 nvidia-pytriton wheel's Triton 2.51 in the Python-backend form, which runs the pipeline's ONNX Runtime
 CUDA runner on the GPU its instance group gives it.
 
@@ -38,19 +38,14 @@ P99_BUDGET_MS = 200.0  # NVIDIA's guidance for online serving
 
 def build_and_package(work: Path):
     """The build through the pipeline's steps (prepare to package); its BuildContext."""
-    from pipeline import steps
-    from pipeline.steps.chain import prepare_model
-    from pipeline.config import load_params, resolve_build, write_params
+    from pipeline.steps.chain import build_through, prepare_model
+    from pipeline.config import load_params, write_params
 
     write_params(work / "params.yaml", ["model=[resnet50]", "dataset=[photo_crops]", "target=[h200_ort]", "precision=[fp16]",
                                         f"artifacts_dir={work}/a", f"metrics_dir={work}/m", f"plots_dir={work}/p", *SERVING])
     cfg = load_params(work / "params.yaml")
     prepare_model(cfg, "resnet50")
-    ctx = resolve_build(cfg, BUILD)
-    steps.calibrate(ctx)
-    steps.build(ctx)
-    steps.package(ctx)
-    return ctx
+    return build_through(cfg, BUILD, "package")
 
 
 def shape_change_study(engine_dir: Path, expect: dict, images: dict, sizes=(64, 32, 16), rounds: int = 6) -> dict:

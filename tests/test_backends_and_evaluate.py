@@ -11,7 +11,7 @@ from pipeline.backends import Runner, get_backend
 from pipeline.config import resolve_build
 from pipeline.config.schema import BenchmarkConfig, Gates
 from pipeline.errors import PipelineError
-from pipeline.evaluate.benchmark import sweep
+from pipeline.evaluate.benchmark import TimeBudget, sweep, timed_until
 from pipeline.evaluate.validate import check_gates, compare_outputs
 from pipeline.files import read_json, sha256_file
 from pipeline.paths import build_paths, model_paths
@@ -169,6 +169,43 @@ def test_benchmark_stops_a_batch_at_its_time_limit(workspace, digits_int8):
     assert row["runs"] == 3 and row["repeats"] == 1
 
 
+def test_a_time_budget_runs_until_both_floors_and_stops_at_its_ceiling(workspace, digits_int8):
+    """The GPU figures' loop, on a real CPU runner: at least min_seconds and min_runs, whichever comes
+    later, never past max_seconds; what each run returns is what is collected."""
+    feeds = {"input": np.zeros((4, 1, 8, 8), np.float32)}
+    with get_backend("onnxruntime").load(build_paths(workspace, digits_int8.name).engine_dir) as runner:
+        def step() -> float:
+            start = time.perf_counter()
+            runner.run(feeds)
+            return (time.perf_counter() - start) * 1000.0
+
+        started = time.perf_counter()
+        by_time = timed_until(step, TimeBudget(min_seconds=0.3, min_runs=5, max_seconds=600.0))
+        assert time.perf_counter() - started >= 0.3 and len(by_time) >= 5 and all(ms > 0 for ms in by_time)
+        assert len(timed_until(step, TimeBudget(min_seconds=0.0, min_runs=7, max_seconds=600.0))) == 7
+        started = time.perf_counter()
+        capped = timed_until(step, TimeBudget(min_seconds=600.0, min_runs=10**9, max_seconds=0.2))
+        assert 0.2 <= time.perf_counter() - started < 5.0 and len(capped) >= 1
+    assert not TimeBudget(0.0, 1, 0.0).done(5.0, 0)  # at least one run, whatever the clock says
+
+
+def test_the_gpu_sweep_stops_at_each_models_largest_batch_and_samples_nvml_often_enough(tmp_path):
+    from pipeline.evaluate.gpu_benchmark import gpu_batch_sizes, nvml_interval_s
+
+    from .conftest import compose_config
+
+    cfg = compose_config(tmp_path, "model=[resnet50,minilm,digits_cnn]", "dataset=[photo_crops,sentences,digits]")
+    wanted = cfg.benchmark.gpu.batch_sizes
+    assert wanted == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert gpu_batch_sizes(wanted, cfg.model["resnet50"].largest_batch) == wanted
+    assert gpu_batch_sizes(wanted, cfg.model["minilm"].largest_batch) == [1, 2, 4, 8, 16, 32, 64]
+    assert gpu_batch_sizes(wanted, 48) == [1, 2, 4, 8, 16, 32, 48]  # a profile between powers of two: its own max ends the sweep
+    assert gpu_batch_sizes(wanted, 1) == [1]
+    for seconds, samples in ((2.0, 20), (0.2, 5), (10.0, 20)):
+        interval = nvml_interval_s(seconds, samples)
+        assert seconds / interval >= samples and interval <= 0.1
+
+
 class _SlowFirstRepeat(Runner):
     """A real runner on a machine that is busy during the first timed repeat (a noisy neighbour)."""
 
@@ -296,3 +333,15 @@ def test_row_cosine_and_gates_have_no_blind_spots():
     failures = check_gates({"cosine_mean": float("nan"), "top1_agreement": 1.0}, Gates(min_cosine=0.9, min_top1_agreement=0.5))
     assert failures == ["cosine_mean = nan (outputs not finite), limit >= 0.9"]
     assert check_gates({"output_problems": ["broken"], "cosine_mean": 1.0}, Gates()) == ["broken"]
+
+
+def test_build_through_runs_the_build_stages_in_order_up_to_the_one_named(workspace, digits_model, tmp_path):
+    from pipeline.steps.chain import build_through
+
+    cfg = private_copy(workspace, tmp_path, "models")
+    ctx = build_through(cfg, "digits_cnn-cpu-fp32", "validate")
+    paths = build_paths(cfg, ctx.name)
+    assert paths.calibrated.is_file() and (paths.engine_dir / "sidecar.json").is_file() and paths.validate_metrics.is_file()
+    assert not paths.benchmark_metrics.exists()
+    with pytest.raises(PipelineError, match=r"build_through stops at one of \['calibrate', 'build', 'validate', 'benchmark', 'package'\], not 'serve'"):
+        build_through(cfg, "digits_cnn-cpu-fp32", "serve")

@@ -59,8 +59,7 @@ def _old_exporter_file(workspace, digits_model, path, opset: int, input_name: st
 
 
 def _config(tmp_path, path, *extra):
-    return compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={path}",
-                          f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}", *extra)
+    return compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={path}", *extra)
 
 
 def _through_every_stage(cfg) -> dict:

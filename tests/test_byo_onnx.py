@@ -17,7 +17,7 @@ from .conftest import compose_config
 
 
 def _config(tmp_path, path, *extra):
-    return compose_config(tmp_path, "model=[onnx_file]", f"model.onnx_file.weights_path={path}", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", *extra)
+    return compose_config(tmp_path, "model=[onnx_file]", f"model.onnx_file.weights_path={path}", *extra)
 
 
 def test_legacy_file_goes_through_the_whole_pipeline(tmp_path, legacy_onnx, workspace):
@@ -55,7 +55,7 @@ def test_declared_inputs_must_match_the_file(tmp_path, legacy_onnx):
 
 
 def test_missing_or_unset_file_is_a_clear_error(tmp_path):
-    cfg = compose_config(tmp_path, "model=[onnx_file]", f"artifacts_dir={tmp_path / 'a'}")
+    cfg = compose_config(tmp_path, "model=[onnx_file]")
     with pytest.raises(PipelineError, match="model.onnx_file.weights_path is not set"):
         steps.prepare(cfg, resolve_model(cfg, "onnx_file"))
     cfg = _config(tmp_path, tmp_path / "nope.onnx")

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from pipeline.config import CONF_DIR, compose_yaml
+from pipeline.config.schema import BenchmarkConfig, CalibrationConfig
 from pipeline.errors import PipelineError
 
 from .conftest import REPO, compose_config
@@ -59,14 +60,18 @@ def test_every_calibration_option_sets_its_method(tmp_path, option):
     cfg = compose_config(tmp_path, f"calibration={option}")
     written = _option_file("calibration", option)
     assert cfg.calibration.method.value == written["method"] == option
-    assert cfg.calibration.num_samples == written["num_samples"]
+    # What the option does not set is the schema's default (docs/settings.md).
+    assert cfg.calibration.num_samples == written.get("num_samples", CalibrationConfig().num_samples) == 500
 
 
 @pytest.mark.parametrize("option", _options("benchmark"))
 def test_every_benchmark_option_sets_its_sweep(tmp_path, option):
     cfg = compose_config(tmp_path, f"benchmark={option}")
-    written = _option_file("benchmark", option)
-    assert cfg.benchmark.batch_sizes == written["batch_sizes"] and cfg.benchmark.iterations == written["iterations"]
+    written = _option_file("benchmark", option) or {}
+    defaults = BenchmarkConfig()
+    assert cfg.benchmark.batch_sizes == written.get("batch_sizes", defaults.batch_sizes)
+    assert cfg.benchmark.iterations == written.get("iterations", defaults.iterations)
+    assert cfg.benchmark.gpu.batch_sizes == written.get("gpu", {}).get("batch_sizes", defaults.gpu.batch_sizes)
 
 
 @pytest.mark.parametrize("precision", _options("precision"))
@@ -82,10 +87,10 @@ def test_every_precision_option_makes_builds_of_that_precision(tmp_path, precisi
         (["precision=[fp16]"], "target 'cpu' cannot run precision ['fp16']; it supports ['fp32', 'int8']"),
         (["target=[a100]", "precision=[fp8]"], "target 'a100' cannot run precision ['fp8']; it supports ['fp32', 'fp16', 'bf16', 'int8']"),
         (["model=[nosuch]"], "unknown model option 'nosuch'; available model options: digits_cnn, minilm, onnx_file, resnet18"),
-        (["target=[tpu]"], "available target options: a100, cpu, cpu_amx, cpu_avx2, cpu_vnni, h100, h200, h200_ort, jetson_orin, l4, rtx4090"),
+        (["target=[tpu]"], "available target options: a100, cpu, cpu_amx, cpu_avx2, cpu_vnni, h100, h200, h200_aoti, h200_ort, jetson_orin, l4, rtx4090"),
         (["calibration=magic"], "available calibration options: entropy, minmax, percentile"),
         (["model.digits_cnn.opset=seventeen"], "could not be converted to Integer"),
-        (["target.cpu.backend=tvm"], "expected one of [onnxruntime, tensorrt, tensorrt_rtx, openvino]"),
+        (["target.cpu.backend=tvm"], "expected one of [onnxruntime, tensorrt, tensorrt_rtx, openvino, aoti]"),
         (["+model.digits_cnn.typo_key=1"], "Key 'typo_key' not in 'ModelConfig'"),
         (["dataset=[digits]"], "model 'resnet18' uses dataset 'photo_crops', which is not selected"),
         (["model.digits_cnn.int8_activations=per_token"], "expected one of [static, dynamic]"),
@@ -140,6 +145,38 @@ def test_check_command_detects_drift(tmp_path):
     assert "out of date with conf/" in result.stderr and "num_samples: 500" in result.stderr
 
 
+def test_dvc_yaml_core_modules_are_generated_and_their_drift_is_caught(tmp_path):
+    """Every stage's deps end with pipeline/dvc_file.py's core modules: check fails on a stage missing one
+    (a stage would not rerun when that module changes), compose writes them back."""
+    import subprocess
+    import sys
+
+    from pipeline.dvc_file import CORE_MODULES, with_core_modules
+
+    committed = (REPO / "dvc.yaml").read_text()
+    assert with_core_modules(committed) == committed
+    (tmp_path / "params.yaml").write_text(compose_yaml())
+    dropped = committed.replace(f"        - {CORE_MODULES[3]}\n", "", 1)
+    assert dropped != committed
+    (tmp_path / "dvc.yaml").write_text(dropped)
+    check = subprocess.run([sys.executable, "-m", "pipeline", "check", "--params", str(tmp_path / "params.yaml")], cwd=REPO,
+                           capture_output=True, text=True)
+    assert check.returncode == 2 and "do not end with the core modules of pipeline/dvc_file.py" in check.stderr, check.stderr
+    compose = subprocess.run([sys.executable, "-m", "pipeline", "compose", "--output", str(tmp_path / "params.yaml")], cwd=REPO,
+                             capture_output=True, text=True)
+    assert compose.returncode == 0, compose.stderr
+    assert (tmp_path / "dvc.yaml").read_text() == committed
+
+
+def test_docs_settings_md_is_generated_from_the_schema():
+    from pipeline.report.settings import render
+
+    text = render()
+    undescribed = [line for line in text.splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert not undescribed, f"settings without a description (schema.setting(help=...)): {undescribed}"
+    assert (REPO / "docs" / "settings.md").read_text() == text, "docs/settings.md is stale: python -m pipeline.report.settings"
+
+
 def test_docs_targets_md_is_generated_from_conf():
     from pipeline.report.targets import render
 
@@ -159,6 +196,14 @@ def test_docs_targets_md_is_generated_from_conf():
         ("benchmark.batch_sizes=[]", "benchmark.batch_sizes = []: must be a non-empty list"),
         ("benchmark.iterations=0", "benchmark.iterations = 0: must be >= 1"),
         ("benchmark.repeats=0", "benchmark.repeats = 0: must be >= 1"),
+        ("target.cpu.selection.min_gain=0.5", "target.cpu.selection.min_gain = 0.5: must be >= 1 (1: the fastest always wins)"),
+        ("calibration.search.num_samples=0", "calibration.search.num_samples = 0: must be null or >= 1 (null: as many as the validation split)"),
+        ("serving.http_max_request_mb=5000", "serving.http_max_request_mb = 5000.0: must be in (0, 4096]"),
+        ("benchmark.gpu.figures=[graph,eager,graph]", "benchmark.gpu.figures = ['graph', 'eager', 'graph']: a non-empty list without repeats of "
+         "['graph', 'eager', 'overlapped', 'serial']"),
+        ("benchmark.gpu.figures=[fastest]", "expected one of [graph, eager, overlapped, serial]"),
+        ("benchmark.gpu.max_seconds=1", "benchmark.gpu.max_seconds = 1.0: must be > 0 and >= benchmark.gpu.min_seconds (2.0)"),
+        ("benchmark.gpu.batch_sizes=[1,0]", "benchmark.gpu.batch_sizes = [1, 0]: must be a non-empty list of sizes >= 1"),
         ("model.digits_cnn.gates.min_cosine=2", "model.digits_cnn.gates.min_cosine = 2.0: must be null or in [-1.0, 1.0]"),
         ("model.digits_cnn.profiles=[{min:{batch:8},opt:{batch:4},max:{batch:32}}]", "model.digits_cnn.profiles[0].batch = [8, 4, 32]"),
         ("target.cpu.build.graph_optimization_level=turbo", "expected one of [disabled, basic, extended, all]"),
@@ -170,9 +215,9 @@ def test_docs_targets_md_is_generated_from_conf():
          "model.digits_cnn.inputs[0].shape = [4, 1, 8, 8]: axis 0 is the batch: -1 (dynamic) or 1"),
         ("serving.p99_budget_ms=0", "serving.p99_budget_ms = 0.0: must be > 0"),
         ("serving.agreement_samples=600", "serving.agreement_samples = 600: at most dataset.digits.num_validation=497"),
-        ("serving.search.preferred_batch_sizes=[[64]]", "serving.search.preferred_batch_sizes = [[64]]: a non-empty list of lists ([] allowed) "
+        ("serving.batching_search.preferred_batch_sizes=[[64]]", "serving.batching_search.preferred_batch_sizes = [[64]]: a non-empty list of lists ([] allowed) "
          "of sizes in [1, serving.max_batch_size=32]"),
-        ("serving.search.concurrency=[]", "serving.search.concurrency = []: a non-empty list of levels >= 1"),
+        ("serving.batching_search.concurrency=[]", "serving.batching_search.concurrency = []: a non-empty list of levels >= 1"),
     ],
 )
 def test_out_of_range_values_fail_at_compose_time(tmp_path, override, expected):
@@ -235,3 +280,24 @@ def test_the_default_options_of_the_single_groups_agree_with_the_schema_defaults
         composed, default = dataclasses.asdict(getattr(cfg, group)), dataclasses.asdict(schema())
         drift += [f"{group}.{key}: conf {composed[key]!r}, schema {default[key]!r}" for key in default if composed[key] != default[key]]
     assert not drift, drift
+
+
+def test_every_ranged_setting_says_what_it_is_and_its_default_is_in_range():
+    """Each default sits beside its range and description (schema.setting): none without a description,
+    none whose own default its range refuses, and config_problems finds every field that has one."""
+    import dataclasses
+
+    from pipeline.config import schema
+    from pipeline.config.checks import bound_problems
+
+    ranged = []
+    for cls in [c for c in vars(schema).values() if dataclasses.is_dataclass(c) and isinstance(c, type)]:
+        for spec in dataclasses.fields(cls):
+            if "bound" in spec.metadata:
+                ranged.append(f"{cls.__name__}.{spec.name}")
+                assert spec.metadata["help"], f"{cls.__name__}.{spec.name} has a range but no description"
+                assert spec.metadata["bound"].allows(spec.default), f"{cls.__name__}.{spec.name}'s default {spec.default!r} is out of its range"
+    assert len(ranged) >= 40, ranged
+    broken = dataclasses.replace(schema.ServingConfig(), instances=0, server_scenario=schema.ServerScenario(probes=0))
+    assert bound_problems(broken, "serving") == ["serving.instances = 0: must be >= 1",
+                                                 "serving.server_scenario.probes = 0: must be >= 1"]

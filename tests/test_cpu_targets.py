@@ -54,7 +54,7 @@ def amx_and_cpu(workspace, digits_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("isa")
     # ONNX Runtime pinned: this is about weights and ISA records (the runtime choice: tests/test_openvino.py).
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu,cpu_amx]", "precision=[int8]", "benchmark=quick",
-                         "target.cpu_amx.runtimes=[onnxruntime]", f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}")
+                         "target.cpu_amx.runtimes=[onnxruntime]")
     shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
     for name in ("digits_cnn-cpu-int8", "digits_cnn-cpu_amx-int8"):
         ctx = resolve_build(cfg, name)
@@ -128,7 +128,7 @@ def test_a_model_too_small_to_time_is_not_judged_by_the_speed_gate(tmp_path):
     cfg = compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={tmp_path / 'tiny.onnx'}",
                          "precision=[int8]", "benchmark=quick", "benchmark.batch_sizes=[1]", "benchmark.min_quantized_speedup=1000",
                          "model.onnx_file.gates.max_accuracy_drop=null", "model.onnx_file.gates.min_top1_agreement=null",
-                         "calibration.search.enabled=false", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+                         "calibration.search.enabled=false")
     prepare_model(cfg, "onnx_file")
     ctx = resolve_build(cfg, "onnx_file-cpu-int8")
     steps.calibrate(ctx)

@@ -80,8 +80,7 @@ def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
 
     from .conftest import compose_config
 
-    cfg = compose_config(tmp_path, "model=[digits_cnn]", "target=[h200_ort]", "precision=[fp32]", "benchmark=quick",
-                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "target=[h200_ort]", "precision=[fp32]", "benchmark=quick")
     prepare_model(cfg, "digits_cnn")
     build = resolve_build(cfg, "digits_cnn-h200_ort-fp32")
     steps.calibrate(build)
@@ -89,7 +88,10 @@ def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
     metrics = steps.validate(build)
     assert metrics["top1_agreement"] >= 0.99 and metrics["accuracy_drop"] <= 0.5
     rows = steps.benchmark(build)
-    assert all(r["timer"] == "cuda_events" and r["transfers_included"] and r["transfers_overlapped"] and r["nvml_samples"] > 0 for r in rows)
+    # benchmark=quick's GPU sweep: headline a replayed CUDA graph on device inputs, eager and overlapped transfers beside it.
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    assert all(r["timer"] == "cuda_events" and r["figure"] == "graph" and not r["transfers_included"] and r["graph_mode"] != "none"
+               and r["eager"]["throughput"] > 0 and r["overlapped"]["throughput"] > 0 and r["nvml_samples"] >= 5 for r in rows), rows
     feeds = load_dataset("digits", build.dataset).load(range(16))
     with get_backend("onnxruntime").load(build_paths(cfg, build.name).engine_dir) as plain, \
             get_backend("onnxruntime").load(build_paths(cfg, build.name).engine_dir, cuda_graph=True) as graphed:

@@ -23,8 +23,7 @@ from .conftest import compose_config
 
 
 def _config(root, workspace, *overrides):
-    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "benchmark=quick",
-                         f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}", *overrides)
+    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "benchmark=quick", *overrides)
     shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
     return cfg
 

@@ -28,8 +28,7 @@ def project(workspace, digits_model, tmp_path):
     """A params.yaml of its own (artifacts beside it) holding a copy of the simplified digits CNN."""
     import shutil
 
-    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={tmp_path / 'a'}",
-                         f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]")
     model_paths(cfg, "digits_cnn").root.mkdir(parents=True)
     shutil.copy(model_paths(workspace, "digits_cnn").simplified, model_paths(cfg, "digits_cnn").simplified)
     return cfg, tmp_path / "params.yaml"

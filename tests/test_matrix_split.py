@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from .test_dvc_pipeline import SMALL, ran, run
-from .test_remote import _clone, _origin
+from .helpers import SMALL, clone_with_remote, origin_repo, ran, run
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +17,9 @@ TARGETS = "target=[cpu,cpu_avx2]"
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     root = tmp_path_factory.mktemp("split")
-    origin = _origin(root, *SMALL, TARGETS)
+    origin = origin_repo(root, *SMALL, TARGETS)
     remote = root / "shared-storage"
-    machines = {name: _clone(origin, root / name, remote) for name in ("a", "b", "c")}
+    machines = {name: clone_with_remote(origin, root / name, remote) for name in ("a", "b", "c")}
     outputs = {
         "a": run(machines["a"], sys.executable, "-m", "pipeline", "run", "--target", "cpu"),
         "b": run(machines["b"], sys.executable, "-m", "pipeline", "run", "--target", "cpu_avx2"),

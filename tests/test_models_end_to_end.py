@@ -36,8 +36,7 @@ def _run_all(cfg, model: str) -> dict:
 
 
 def _config(tmp_path, model: str):
-    return compose_config(tmp_path, f"model=[{model}]", "benchmark=quick", f"artifacts_dir={tmp_path / 'a'}",
-                          f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    return compose_config(tmp_path, f"model=[{model}]", "benchmark=quick")
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +115,7 @@ def test_minilm_fp16_for_the_cuda_target_is_fused_for_its_kernels_with_float32_i
     import shutil
 
     cfg, _ = minilm
-    gpu = compose_config(tmp_path, "model=[minilm]", "target=[h200_ort]", "precision=[fp16]", f"artifacts_dir={tmp_path / 'a'}",
-                         f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    gpu = compose_config(tmp_path, "model=[minilm]", "target=[h200_ort]", "precision=[fp16]")
     shutil.copytree(model_paths(cfg, "minilm").root, model_paths(gpu, "minilm").root)
     report = steps.calibrate(resolve_build(gpu, "minilm-h200_ort-fp16"))
     assert report["transformer_fusions"]["Attention"] == 6 and report["transformer_fusions"]["SkipLayerNormalization"] >= 6

@@ -183,8 +183,7 @@ def test_tensorrt_calibration_cache_is_the_native_format():
 def test_calibration_cache_is_written_for_tensorrt_10_targets_with_their_version(workspace, digits_model, tmp_path, target, header):
     """TensorRT compares the header's version with its own: the cache carries the target's release,
     and TensorRT 11 targets (no calibrators) and ONNX Runtime get none."""
-    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"target=[{target}]", "precision=[int8]",
-                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"target=[{target}]", "precision=[int8]")
     simplified = model_paths(cfg, "digits_cnn").simplified
     simplified.parent.mkdir(parents=True)
     shutil.copy(model_paths(workspace, "digits_cnn").simplified, simplified)

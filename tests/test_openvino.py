@@ -17,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate.host import host_cpu
 from pipeline.files import read_json
 from pipeline.paths import build_paths, model_paths
+from pipeline.steps.chain import build_through
 
 from .conftest import REPO, compose_config
 
@@ -31,8 +32,7 @@ def amx_project(workspace, root: Path, *overrides: str):
     # target's 7-bit weights): on such a host the build takes 7-bit weights, so its gates mean the same.
     weights = [] if host_cpu().supports("vnni") else ["target.cpu_amx.quantization.reduce_range=true"]
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "target=[cpu_amx]", *weights, *overrides,
-                         "target.cpu_amx.quantization.min_layer_speedup=null",
-                         f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}", f"plots_dir={root / 'p'}")
+                         "target.cpu_amx.quantization.min_layer_speedup=null")
     shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
     return cfg
 
@@ -41,10 +41,7 @@ def amx_project(workspace, root: Path, *overrides: str):
 def openvino_build(workspace, digits_model, tmp_path_factory):
     """cpu_amx with OpenVINO pinned (a one-entry runtimes list): calibrated and built."""
     cfg = amx_project(workspace, tmp_path_factory.mktemp("openvino"), "target.cpu_amx.runtimes=[openvino]")
-    ctx = resolve_build(cfg, BUILD)
-    steps.calibrate(ctx)
-    steps.build(ctx)
-    return ctx
+    return build_through(cfg, BUILD, "build")
 
 
 def test_openvino_runs_the_calibrated_model_like_onnx_runtime_and_passes_the_gates(openvino_build):
@@ -62,7 +59,7 @@ def test_openvino_runs_the_calibrated_model_like_onnx_runtime_and_passes_the_gat
     calibrated = build_paths(ctx.config, ctx.name).calibrated_dir / "model.onnx"
     with get_backend("openvino").load(build_paths(ctx.config, ctx.name).engine_dir) as openvino:
         ours, theirs = openvino.run(feeds)["logits"], load_onnx_runner(calibrated).run(feeds)["logits"]
-    if host_cpu().supports("vnni"):  # without VNNI, ONNX Runtime's u8s8 kernels saturate 8-bit weights (README)
+    if host_cpu().supports("vnni"):  # without VNNI, ONNX Runtime's u8s8 kernels saturate 8-bit weights (docs/cpu_targets.md)
         # The same Q/DQ file in two runtimes: the same answers (their INT8 kernels round slightly differently).
         assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.98
         cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
@@ -99,7 +96,7 @@ def test_openvino_artifacts_are_deterministic_and_checked_on_load(openvino_build
 
 
 def test_runtimes_refuse_devices_and_precisions_they_do_not_build(tmp_path):
-    with pytest.raises(PipelineError, match=r"cannot run precision bf16: none of its runtimes \['onnxruntime'\] computes bf16 on the CPU \(onnxruntime: \['fp32', 'int8'\]\)"):
+    with pytest.raises(PipelineError, match=r"cannot run precision bf16: none of its runtimes \['onnxruntime'\] builds bf16 here \(onnxruntime: \['fp32', 'int8'\]\)"):
         compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu_amx]", "precision=[bf16]",
                        "target.cpu_amx.runtimes=[onnxruntime]")
     with pytest.raises(PipelineError, match=r"bf16 on CPU targets with cpu_isa amx only"):

@@ -15,33 +15,23 @@ import pytest
 import yaml
 
 from .conftest import REPO
-from .test_dvc_pipeline import SMALL, project_repo, ran, run, set_param
+from .helpers import clone_with_remote, origin_repo, ran, run, set_param
 
 pytestmark = pytest.mark.slow
-
-
-def _origin(root, *overrides):
-    return project_repo(root / "origin", *(overrides or SMALL))
-
-
-def _clone(origin, path, remote):
-    run(origin.parent, "git", "clone", "-q", str(origin), str(path))
-    run(path, "dvc", "remote", "modify", "--local", "shared", "url", str(remote))  # this test's own shared folder
-    return path
 
 
 @pytest.fixture(scope="module")
 def machines(tmp_path_factory):
     root = tmp_path_factory.mktemp("remote")
-    origin = _origin(root)
+    origin = origin_repo(root)
     remote = root / "shared-storage"
-    a = _clone(origin, root / "machine_a", remote)
+    a = clone_with_remote(origin, root / "machine_a", remote)
     first = run(a, "dvc", "repro")
     run(a, "dvc", "push", "--run-cache")
     run(a, "git", "add", "dvc.lock")
     run(a, "git", "commit", "-qm", "results of machine A")
-    b = _clone(a, root / "machine_b", remote)
-    c = _clone(origin, root / "machine_c", remote)
+    b = clone_with_remote(a, root / "machine_b", remote)
+    c = clone_with_remote(origin, root / "machine_c", remote)
     return a, b, c, first
 
 
@@ -83,7 +73,7 @@ def test_a_dvc_lock_from_another_cpu_kind_still_restores_from_the_run_cache(mach
     on such a lock and runs the stage; `pipeline run --report` forgets those entries and the run-cache
     answers, so nothing runs and the lock ends as A's."""
     a, _, _, _ = machines
-    e = _clone(a, tmp_path / "machine_e", a.parent / "shared-storage")
+    e = clone_with_remote(a, tmp_path / "machine_e", a.parent / "shared-storage")
     lock = _lock(e)
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
@@ -115,7 +105,7 @@ def test_a_corrupted_object_in_the_remote_is_refused_not_trusted(machines, tmp_p
     data[len(data) // 2] ^= 0xFF
     object_path.chmod(0o644)
     object_path.write_bytes(bytes(data))
-    d = _clone(a, tmp_path / "machine_d", storage)
+    d = clone_with_remote(a, tmp_path / "machine_d", storage)
     result = run(d, "dvc", "pull", check=False)
     assert result.returncode != 0, "a corrupted object must not be pulled silently"
     engine = d / "artifacts" / "builds" / "digits_cnn-cpu-int8" / "engine" / "model.onnx"

@@ -1,4 +1,4 @@
-"""Same commit, another CPU kind, same bytes: what the README promises across machines."""
+"""Same commit, another CPU kind, same bytes: what docs/sharing.md promises across machines."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ from .conftest import REPO
 # Every x86-64 CPU should give these bytes; change it only with the torch pin or the training recipe, and
 # say on which CPU kind the new value was made (this one: an Intel Xeon with AMX, under AVX2-only and
 # AVX-512 kernel choices alike). VERIFIED_VENDORS reproduced it; on another vendor a different checkpoint
-# is reported as an expected failure with its digest, until a session on such a CPU finds why (README:
+# is reported as an expected failure with its digest, until a session on such a CPU finds why (docs/sharing.md:
 # "What reproducible means here").
 DIGITS_CHECKPOINT_SHA256 = "653210a50602b4c99dc650e6ecf06fa05c4260a2f0837c3478811cf1fbdd2160"
 VERIFIED_VENDORS = {"GenuineIntel"}

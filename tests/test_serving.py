@@ -58,8 +58,7 @@ def served(workspace, digits_int8, tmp_path_factory):
     import shutil
 
     root = tmp_path_factory.mktemp("serving")
-    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={root / 'a'}", f"metrics_dir={root / 'm'}",
-                         f"plots_dir={root / 'p'}", "serving.concurrency=[1,8]", "serving.seconds_per_level=1.0")
+    cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "serving.concurrency=[1,8]", "serving.seconds_per_level=1.0")
     shutil.copytree(build_paths(workspace, BUILD).root, build_paths(cfg, BUILD).root)
     shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)  # the FP32 reference
     ctx = resolve_build(cfg, BUILD)
@@ -131,9 +130,9 @@ def test_the_batching_search_packages_the_fastest_configuration_within_the_budge
     import dataclasses
 
     cfg, ctx, written, _ = served
-    search = dataclasses.replace(cfg.serving.search, enabled=True, instances=[1], max_queue_delay_us=[500, 20000],
+    search = dataclasses.replace(cfg.serving.batching_search, enabled=True, instances=[1], max_queue_delay_us=[500, 20000],
                                  preferred_batch_sizes=[[]], concurrency=[2, 8], seconds_per_trial=0.7)
-    searching = dataclasses.replace(ctx, config=dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, search=search)))
+    searching = dataclasses.replace(ctx, config=dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, batching_search=search)))
     steps.package(searching)
     result = read_json(build_paths(cfg, BUILD).batching_metrics)
     trials = result["trials"]
@@ -148,7 +147,7 @@ def test_the_batching_search_packages_the_fastest_configuration_within_the_budge
 
     package = build_paths(cfg, BUILD).serving_dir
     before = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
-    impossible = dataclasses.replace(searching.config.serving, p99_budget_ms=0.001, search=dataclasses.replace(search, max_queue_delay_us=[500]))
+    impossible = dataclasses.replace(searching.config.serving, p99_budget_ms=0.001, batching_search=dataclasses.replace(search, max_queue_delay_us=[500]))
     with pytest.raises(PipelineError, match=r"no batching configuration meets serving.p99_budget_ms=0.001: the lowest p99 was [\d.]+ ms"):
         steps.package(dataclasses.replace(ctx, config=dataclasses.replace(cfg, serving=impossible)))
     assert {p: p.read_bytes() for p in package.rglob("*") if p.is_file()} == before, "a failed search leaves no half-written package"
@@ -165,7 +164,7 @@ def test_a_cuda_build_carries_its_cuda_runner_and_is_served_only_on_a_gpu_host(w
     from pipeline.backends.cuda_runtime import gpu_compute_capability
 
     cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[h200_ort]", "precision=[fp32]", "serving.precisions=[fp32]",
-                         "serving.gpus=[1]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+                         "serving.gpus=[1]")
     shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
     name = "digits_cnn-h200_ort-fp32"
     assert list(cfg.servable) == [name], "ONNX Runtime CUDA builds get a serve stage"
@@ -178,7 +177,7 @@ def test_a_cuda_build_carries_its_cuda_runner_and_is_served_only_on_a_gpu_host(w
     assert group.kind == group.KIND_GPU and list(group.gpus) == [1]
     version_dir = Path(written["python"]).parent / "1"
     probe = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]); "
-             "from pipeline.backends.cuda_runtime import OnnxRuntimeCudaRunner; from pipeline.backends import get_backend; "
+             "from pipeline.backends.cuda_runners import OnnxRuntimeCudaRunner; from pipeline.backends import get_backend; "
              "get_backend('onnxruntime'); assert importlib.util.find_spec('onnx') is None, 'the serving env has no onnx'")
     result = subprocess.run([str(SERVING_ENV / "bin" / "python"), "-c", probe, str(version_dir)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -192,8 +191,7 @@ def test_a_build_this_host_cannot_serve_and_a_missing_server_binary_are_one_clea
     from pipeline.steps.deploy_step import deploy
 
     _, _, _, params = served
-    gpu = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[int8]",
-                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}")
+    gpu = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[int8]")
     ctx = resolve_build(gpu, "digits_cnn-rtx4090-int8")
     for attempt in (lambda: steps.serve(ctx), lambda: deploy(ctx, tmp_path / "live", "127.0.0.1:1", "127.0.0.1:2")):
         with pytest.raises(PipelineError, match=r"digits_cnn-rtx4090-int8 cannot be served here: it is a tensorrt_rtx build on cuda; "

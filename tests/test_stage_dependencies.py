@@ -32,21 +32,28 @@ STRUCTURAL = {"artifacts_dir", "metrics_dir", "plots_dir"}  # they name the out 
 # Declared to rerun a stage when it changes, not read by it: the target's environment (library versions, device).
 TRIGGERS = {"artifacts/environment/<target>.json"}
 UNREAD_HERE = {
-    "environment": {"pipeline/backends/cuda_runtime.py": "only TensorRT and ONNX Runtime CUDA targets look for a GPU"},
+    "environment": {"pipeline/backends/cuda_runtime.py": "only TensorRT and ONNX Runtime CUDA targets look for a GPU",
+                    "pipeline/backends/cuda_runners.py": "the stage runs no model"},
     "prepare": {"model.<model>.architecture": "torchvision models only", "model.<model>.bn_recalibration_batches": "torchvision models only"},
     "export": {"model.<model>.architecture": "torchvision models only"},
     "build": {"pipeline/onnx_tools/__init__.py": "ONNX Runtime CUDA targets read the artifact's tensor specs from the ONNX",
+              "model.<model>.architecture": "aoti builds of torchvision models only",
+              "pipeline/backends/cuda_runners.py": "loading a CUDA candidate to gate and time it needs a GPU",
               "pipeline/onnx_tools/inspect.py": "ONNX Runtime CUDA targets read the artifact's tensor specs from the ONNX"},
     "calibrate": {"model.<model>.outputs": "read by the accuracy search, only when plain INT8 misses a gate",
                   "pipeline/onnx_tools/fusion.py": "transformer models only (MiniLM: tests/test_cpu_targets.py)",
                   "pipeline/onnx_tools/smoothing.py": "models with smoothquant.alpha only (MiniLM: tests/test_models_end_to_end.py)"},
     "validate": {"pipeline/backends/tensorrt_backend.py": "loading an engine needs a GPU",
-                 "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU"},
+                 "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU",
+                 "pipeline/backends/cuda_runners.py": "loading an engine needs a GPU"},
     "benchmark": {"pipeline/backends/tensorrt_backend.py": "loading an engine needs a GPU",
                   "pipeline/backends/cuda_runtime.py": "loading an engine needs a GPU",
+                  "pipeline/backends/cuda_runners.py": "loading an engine needs a GPU",
                   "pipeline/evaluate/gpu_benchmark.py": "GPU targets only"},
     "serve": {"pipeline/backends/tensorrt_backend.py": "serving a TensorRT engine needs a GPU",
-              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU"},
+              "pipeline/backends/aoti_backend.py": "aoti builds are not served here (.venv-serving holds no torch)",
+              "pipeline/backends/cuda_runtime.py": "serving a CUDA build needs a GPU",
+              "pipeline/backends/cuda_runners.py": "serving a CUDA build needs a GPU"},
 }
 
 
@@ -123,9 +130,9 @@ def observed(tmp_path_factory, legacy_onnx):
           "serving.concurrency=[1,4]", "serving.seconds_per_level=0.5", "serving.server_scenario.seconds_per_rate=0.5"], None),
         (["model=[digits_cnn]", "dataset=[digits]", "target=[rtx4090]", "precision=[fp16,int8]"], {"environment", "calibrate", "build", "package"}),
         # The batching search (a tiny one) reads what package reads only when it is on.
-        (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "serving.search.enabled=true", "serving.search.instances=[1]",
-          "serving.search.max_queue_delay_us=[1000]", "serving.search.preferred_batch_sizes=[[]]", "serving.search.concurrency=[2]",
-          "serving.search.seconds_per_trial=0.5", "serving.agreement_samples=8"], {"package"}),
+        (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "serving.batching_search.enabled=true", "serving.batching_search.instances=[1]",
+          "serving.batching_search.max_queue_delay_us=[1000]", "serving.batching_search.preferred_batch_sizes=[[]]", "serving.batching_search.concurrency=[2]",
+          "serving.batching_search.seconds_per_trial=0.5", "serving.agreement_samples=8"], {"package"}),
         # Dynamic INT8 ranges and the per-layer speed guard (on the portable target, so any host times layers).
         (["model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "model.digits_cnn.int8_activations=dynamic",
           "target.cpu.quantization.min_layer_speedup=1.02"], {"calibrate"}),
@@ -135,6 +142,9 @@ def observed(tmp_path_factory, legacy_onnx):
           "target.cpu_amx.quantization.min_layer_speedup=null", "benchmark=quick", "serving.precisions=[int8,bf16]", "serving.concurrency=[1]", "serving.seconds_per_level=0.5",
           "serving.server_scenario.seconds_per_rate=0.5", "serving.agreement_samples=8"],
          {"environment", "calibrate", "build", "validate", "benchmark", "package", "serve"}),
+        # A target that may compile the PyTorch source (AOTInductor) beside ONNX Runtime: the checkpoint and the model's code.
+        (["model=[digits_cnn]", "dataset=[digits]", "precision=[fp32]", "target.cpu.runtimes=[aoti]", "benchmark=quick", "serving.warmup_samples=2"],
+         {"environment", "build", "validate", "benchmark", "package"}),
         # The user's own images: a folder outside the project, a dependency of the stages that read data.
         (["model=[onnx_file]", f"model.onnx_file.weights_path={user_model}", "model.onnx_file.dataset=image_folder", "dataset=[image_folder]",
           "precision=[int8]", "model.onnx_file.inputs=[{name: input, shape: [-1, 3, 64, 64], dtype: float32}]",

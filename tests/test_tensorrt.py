@@ -33,7 +33,7 @@ PRECISIONS = ["fp32", "fp16", "bf16", "int8", "fp8"]
 def rtx(tmp_path_factory):
     """The default models through calibrate + build for the rtx4090 target at fp32, fp16 and int8."""
     root = tmp_path_factory.mktemp("rtx")
-    cfg = compose_config(root, "target=[rtx4090]", f"precision=[{','.join(PRECISIONS)}]", f"artifacts_dir={root / 'artifacts'}", f"metrics_dir={root / 'metrics'}")
+    cfg = compose_config(root, "target=[rtx4090]", f"precision=[{','.join(PRECISIONS)}]")
     sidecars = {}
     for model in sorted(cfg.model):
         prepare_model(cfg, model)
@@ -46,7 +46,7 @@ def rtx(tmp_path_factory):
 
 def _digits_config(rtx_cfg, tmp_path, *overrides):
     """A config of its own for the digits CNN, starting from the rtx fixture's simplified model."""
-    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", *overrides)
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", *overrides)
     simplified = model_paths(cfg, "digits_cnn").simplified
     simplified.parent.mkdir(parents=True)
     shutil.copy(model_paths(rtx_cfg, "digits_cnn").simplified, simplified)
@@ -167,7 +167,7 @@ def test_fp8_qdq_simulated_on_the_cpu_agrees_with_fp32(rtx):
 
 def test_transformer_engine_has_batch_and_sequence_profiles(tmp_path):
     """MiniLM through TensorRT-RTX: three int64 inputs, dynamic batch and sequence, profiles from config."""
-    cfg = compose_config(tmp_path, "model=[minilm]", "target=[rtx4090]", "precision=[fp16]", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+    cfg = compose_config(tmp_path, "model=[minilm]", "target=[rtx4090]", "precision=[fp16]")
     prepare_model(cfg, "minilm")
     build = resolve_build(cfg, "minilm-rtx4090-fp16")
     steps.calibrate(build)
@@ -192,7 +192,7 @@ def test_a_gpu_build_is_packaged_as_a_tensorrt_plan_on_the_configured_gpus(rtx):
     cfg, sidecars = rtx
     name = "resnet18-rtx4090-int8"
     # The batching search is asked for, but this host's Triton cannot serve a TensorRT engine: configured values, said why.
-    on_two = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, gpus=[1, 3], search=dataclasses.replace(cfg.serving.search, enabled=True)))
+    on_two = dataclasses.replace(cfg, serving=dataclasses.replace(cfg.serving, gpus=[1, 3], batching_search=dataclasses.replace(cfg.serving.batching_search, enabled=True)))
     written = steps.package(dataclasses.replace(resolve_build(cfg, name), config=on_two))
     native, python = read_config(written["native"]), read_config(written["python"])
     assert native.platform == "tensorrt_plan" and native.optimization.cuda.graphs

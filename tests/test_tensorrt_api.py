@@ -28,7 +28,7 @@ import pytest
 from .conftest import REPO
 
 BACKEND = REPO / "pipeline" / "backends" / "tensorrt_backend.py"
-RUNTIME = REPO / "pipeline" / "backends" / "cuda_runtime.py"
+RUNTIME = REPO / "pipeline" / "backends" / "cuda_runners.py"
 RTX_ONLY_FUNCTIONS = {"_set_rtx_compute_capability"}  # checked against the real tensorrt_rtx module
 
 # Variables (and self attributes) that hold TensorRT objects, by name, as the backend writes them.
@@ -179,8 +179,8 @@ class _Checker(ast.NodeVisitor):
 
 
 def _tensorrt_code() -> List[Tuple[str, ast.AST]]:
-    """All of tensorrt_backend.py and the TensorRTRunner class of cuda_runtime.py (the rest of that
-    module is the pycuda/ONNX Runtime/NVML layer)."""
+    """All of tensorrt_backend.py and the TensorRTRunner class of cuda_runners.py (the rest of that
+    module is the stream runner and the ONNX Runtime CUDA runner)."""
     runtime = ast.parse(RUNTIME.read_text())
     runner = next(n for n in ast.walk(runtime) if isinstance(n, ast.ClassDef) and n.name == "TensorRTRunner")
     return [(BACKEND.name, ast.parse(BACKEND.read_text())), (RUNTIME.name, runner)]

@@ -29,7 +29,7 @@ def _config(tmp_path, model_path, dataset: str, inputs: str, outputs: str, *extr
         f"model.onnx_file.dataset={dataset}", f"model.onnx_file.inputs={inputs}", f"model.onnx_file.outputs={outputs}",
         "model.onnx_file.gates.max_accuracy_drop=null", "model.onnx_file.gates.min_top1_agreement=null",
         "calibration.num_samples=40", "calibration.search.enabled=false", f"dataset.{dataset}.num_validation=20",
-        "benchmark=quick", "serving.agreement_samples=16", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}", f"plots_dir={tmp_path / 'p'}", *extra)
+        "benchmark=quick", "serving.agreement_samples=16", *extra)
 
 
 def _build_and_validate(cfg, precision: str, *more_steps):
@@ -275,7 +275,7 @@ def test_too_few_samples_and_a_dtype_the_model_does_not_take_are_named(tmp_path)
 def test_adding_an_image_reruns_calibrate_and_nothing_upstream_of_it(tmp_path):
     """The folder is a DVC dependency by content, of calibrate onwards only: the import of the model does
     not read data, so it stays cached."""
-    from .test_dvc_pipeline import project_repo, ran, run
+    from .helpers import project_repo, ran, run
 
     write_images(tmp_path / "images", 70, size=(64, 64))
     model = small_classifier(tmp_path / "classifier.onnx")
@@ -314,7 +314,7 @@ def test_an_infinite_constant_is_allowed_until_it_reaches_an_output_and_then_the
 
     def calibrated(path: str):
         cfg = compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={path}",
-                             "model.onnx_file.gates.max_accuracy_drop=null", f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+                             "model.onnx_file.gates.max_accuracy_drop=null")
         prepare_model(cfg, "onnx_file")
         return steps.calibrate(resolve_build(cfg, "onnx_file-cpu-fp32"))
 
@@ -372,8 +372,7 @@ def test_a_dataset_of_another_dtype_than_the_input_is_named_at_calibrate(tmp_pat
                               [numpy_helper.from_array(np.ones((10, 64), np.float32), "W")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "ids.onnx"))
     cfg = compose_config(tmp_path, "model=[onnx_file]", "dataset=[digits]", f"model.onnx_file.weights_path={tmp_path / 'ids.onnx'}",
-                         "model.onnx_file.inputs=[{name: input, shape: [-1, 64], dtype: int64}]", "model.onnx_file.gates.max_accuracy_drop=null",
-                         f"artifacts_dir={tmp_path / 'a'}", f"metrics_dir={tmp_path / 'm'}")
+                         "model.onnx_file.inputs=[{name: input, shape: [-1, 64], dtype: int64}]", "model.onnx_file.gates.max_accuracy_drop=null")
     prepare_model(cfg, "onnx_file")
     build = resolve_build(cfg, "onnx_file-cpu-int8")
     with pytest.raises(PipelineError, match=r"dataset 'digits' gives input 'input' as float32; model.onnx_file.inputs declares int64"):

@@ -33,6 +33,10 @@ def get_backend(kind: BackendKind | str) -> Backend:
         from .onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
+    if kind == BackendKind.aoti:
+        from .aoti_backend import AotiBackend
+
+        return AotiBackend()
     if kind == BackendKind.openvino:
         from .openvino_backend import OpenVinoBackend
 

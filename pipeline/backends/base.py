@@ -35,6 +35,18 @@ def ort_numpy_dtype(ort_type: str) -> np.dtype:
         raise PipelineError(f"no numpy type for ONNX Runtime's {ort_type}") from None
 
 
+def tensor_entries(inputs: List[TensorSpec], outputs: List[TensorSpec]) -> dict:
+    """The sidecar's record of an artifact's tensors: what load, package and serving read back."""
+    return {"inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in inputs],
+            "outputs": [s.name for s in outputs],
+            "output_specs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in outputs]}
+
+
+def input_specs(sidecar: dict) -> List[TensorSpec]:
+    """The artifact's inputs as its sidecar records them."""
+    return [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
+
+
 @dataclass
 class BuildRequest:
     """What a backend needs to build one artifact."""
@@ -47,6 +59,7 @@ class BuildRequest:
     precision: str
     config_hash: str
     build_name: str = ""  # the build-matrix cell, recorded so load can refuse another build's artifact
+    checkpoint: Optional[Path] = None  # the prepared PyTorch weights (backends that compile the PyTorch source); None for ONNX models
 
 
 class Runner(abc.ABC):

@@ -9,7 +9,7 @@ import numpy as np
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
 from ..files import require_file, sha256_file, write_json
-from .base import SIDECAR, Backend, BuildRequest, Runner, RunnerPerShape, ort_numpy_dtype
+from .base import SIDECAR, Backend, BuildRequest, Runner, RunnerPerShape, input_specs, ort_numpy_dtype, tensor_entries
 
 ARTIFACT = "model.onnx"
 _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -132,9 +132,7 @@ class OnnxRuntimeBackend(Backend):
             **({"cuda_provider_options": dict(request.target.build.cuda_provider_options)} if request.target.device.value == "cuda" else {}),
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(artifact),
-            "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in inputs],
-            "outputs": [s.name for s in outputs],
-            "output_specs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in outputs],
+            **tensor_entries(inputs, outputs),
         }
         write_json(Path(request.out_dir) / SIDECAR, sidecar)
         return sidecar
@@ -143,10 +141,11 @@ class OnnxRuntimeBackend(Backend):
              gpu: int = 0, varying_shapes: bool = False) -> Runner:
         sidecar = self.read_sidecar(artifact_dir, expect)
         ort = _ort()
-        inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
+        inputs = input_specs(sidecar)
         path = Path(artifact_dir) / sidecar["artifact"]
         if sidecar.get("device") == "cuda":
-            from .cuda_runtime import OnnxRuntimeCudaRunner, require_gpu
+            from .cuda_runners import OnnxRuntimeCudaRunner
+            from .cuda_runtime import require_gpu
 
             require_gpu("the ONNX Runtime CUDA target")
             self.check_available("cuda")
@@ -195,7 +194,8 @@ def load_onnx_cuda_runner(path: Path | str, inputs: List[TensorSpec], output_nam
     """A CUDA-provider runner straight on an ONNX file whose inputs and outputs are ``inputs`` and
     ``output_names`` (the FP32 reference a lower-precision CUDA build is timed against, with the target's
     provider options, as its FP32 build would run)."""
-    from .cuda_runtime import OnnxRuntimeCudaRunner, require_gpu
+    from .cuda_runners import OnnxRuntimeCudaRunner
+    from .cuda_runtime import require_gpu
 
     require_gpu("the FP32 reference on the GPU")
     return OnnxRuntimeCudaRunner(cuda_session_factory(path, 0, "all", dict(provider_options or {})), inputs, output_names, gpu=gpu)

@@ -16,7 +16,7 @@ import numpy as np
 from ..config.schema import TensorSpec
 from ..errors import PipelineError
 from ..files import sha256_file, write_json
-from .base import SIDECAR, Backend, BuildRequest, Runner
+from .base import SIDECAR, Backend, BuildRequest, Runner, input_specs, tensor_entries
 
 ARTIFACT, WEIGHTS = "model.xml", "model.bin"
 # The precision OpenVINO computes in, per build precision (INT8 layers are Q/DQ in the model itself;
@@ -104,9 +104,7 @@ class OpenVinoBackend(Backend):
             "onnx_sha256": sha256_file(request.onnx_path),
             "artifact_sha256": sha256_file(out / ARTIFACT),
             "weights_sha256": sha256_file(out / WEIGHTS),
-            "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in map(_spec, model.inputs)],
-            "outputs": [port.get_any_name() for port in model.outputs],
-            "output_specs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in map(_spec, model.outputs)],
+            **tensor_entries([_spec(port) for port in model.inputs], [_spec(port) for port in model.outputs]),
         }
         write_json(out / SIDECAR, sidecar)
         return sidecar
@@ -125,5 +123,5 @@ class OpenVinoBackend(Backend):
             compiled = ov.Core().compile_model(str(Path(artifact_dir) / sidecar["artifact"]), "CPU", properties)
         except Exception as exc:
             raise PipelineError(f"OpenVINO {ov.__version__} cannot load {artifact_dir} (built by {sidecar['versions']}): {exc}") from exc
-        inputs = [TensorSpec(name=i["name"], shape=list(i["shape"]), dtype=i["dtype"]) for i in sidecar["inputs"]]
+        inputs = input_specs(sidecar)
         return OpenVinoRunner(compiled, inputs)

@@ -15,10 +15,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..config.schema import HardwareCompatibility, TargetConfig, TensorSpec
+from ..config.schema import HardwareCompatibility, TargetConfig
 from ..errors import PipelineError
 from ..files import atomic_path, sha256_bytes, sha256_file, write_json, write_text
-from .base import SIDECAR, Backend, BuildRequest, Runner
+from .base import SIDECAR, Backend, BuildRequest, Runner, input_specs
 from .cuda_runtime import gpu_compute_capability
 
 PLAN = "model.plan"
@@ -260,10 +260,10 @@ class TensorRTBackend(Backend):
             raise PipelineError(f"running a {self.name} engine needs an NVIDIA GPU and driver (libcuda); none found on this machine")
         if sidecar["compute_capability"] and device_cc != sidecar["compute_capability"]:
             raise PipelineError(f"{artifact_dir} was built for compute capability {sidecar['compute_capability']}; this GPU is {device_cc}")
-        from .cuda_runtime import TensorRTRunner
+        from .cuda_runners import TensorRTRunner
 
         plan = (Path(artifact_dir) / sidecar["artifact"]).read_bytes()
-        inputs = [TensorSpec(name=i["name"], shape=i["shape"], dtype=i["dtype"]) for i in sidecar["inputs"]]
+        inputs = input_specs(sidecar)
         return TensorRTRunner(trt, plan, inputs, sidecar["outputs"], use_cuda_graph=cuda_graph, gpu=gpu)
 
 

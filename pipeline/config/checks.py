@@ -6,13 +6,14 @@ instead of surfacing as a traceback, a division by zero or silently accepted gar
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from ..errors import PipelineError
-from .schema import ElementType, PipelineConfig, Precision, PrecisionMode, Preprocess, TargetConfig, TensorSpec, Task, option_value
+from .schema import ElementType, GpuFigure, ModelConfig, PipelineConfig, Precision, PrecisionMode, Preprocess, TargetConfig, TensorSpec, Task, option_value
 
 # What each precision mode converts to: the element types that make sense for it.
 _MODE_TYPES = {
@@ -27,35 +28,67 @@ LABELLED_SOURCES = {"sklearn_digits"}
 USER_SOURCES = {"image_folder", "tensor_files", "text_lines"}
 # Input dtypes a dataset can feed and every backend takes (numpy names).
 INPUT_DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
-# Where each runtime builds, and the precisions each CPU runtime computes (OpenVINO's bf16 is its inference
-# precision on AMX-BF16; ONNX Runtime's CPU kernels have no fast fp16/bf16 path).
-RUNTIME_DEVICES = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu",), "tensorrt": ("cuda",), "tensorrt_rtx": ("cuda",)}
-CPU_RUNTIME_PRECISIONS = {"onnxruntime": ["fp32", "int8"], "openvino": ["fp32", "int8", "bf16"]}
+# Where each runtime builds, and the precisions a runtime computes on a device where it cannot compute
+# every precision its target lists (OpenVINO's bf16 is its inference precision on AMX-BF16; ONNX Runtime's CPU
+# kernels have no fast fp16/bf16 path; AOTInductor compiles float PyTorch, integer precisions live in Q/DQ ONNX).
+RUNTIME_DEVICES = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu",), "tensorrt": ("cuda",), "tensorrt_rtx": ("cuda",), "aoti": ("cpu", "cuda")}
+RUNTIME_PRECISIONS = {
+    ("onnxruntime", "cpu"): ["fp32", "int8"], ("openvino", "cpu"): ["fp32", "int8", "bf16"],
+    ("aoti", "cpu"): ["fp32", "bf16"], ("aoti", "cuda"): ["fp32", "fp16", "bf16"], ("onnxruntime", "cuda"): ["fp32", "fp16", "int8"],
+}
+# Runtimes that compile the model's PyTorch source rather than its ONNX (a bring-your-own ONNX has none).
+PYTORCH_SOURCE_RUNTIMES = ("aoti",)
 # What the embedded Triton's Python backend runs, per device (.venv-serving: requirements-serving-env.lock).
 PYTHON_FORM_RUNTIMES = {"cpu": ("onnxruntime", "openvino"), "cuda": ("onnxruntime",)}
 
 
-def unrunnable_precision(target: TargetConfig, precision) -> str:
-    """Why none of the target's runtimes builds ``precision`` ('' when one does)."""
-    if runtimes_for(target, precision):
+def unrunnable_precision(target: TargetConfig, precision, model: Optional[ModelConfig] = None) -> str:
+    """Why none of the target's runtimes builds ``precision`` of ``model`` ('' when one does)."""
+    if runtimes_for(target, precision, model):
         return ""
     runtimes = [option_value(r) for r in target.candidate_runtimes]
-    return (f"none of its runtimes {runtimes} computes {option_value(precision)} on the CPU ("
-            + "; ".join(f"{r}: {CPU_RUNTIME_PRECISIONS[r]}" for r in runtimes if r in CPU_RUNTIME_PRECISIONS) + ")")
+    reasons = [_refusal(r, option_value(target.device), option_value(precision), model) for r in runtimes]
+    return f"none of its runtimes {runtimes} builds {option_value(precision)} here (" + "; ".join(reasons) + ")"
 
 
-def runtimes_for(target: TargetConfig, precision) -> List[str]:
-    """The target's candidate runtimes that can build ``precision`` (on GPU targets: all of them)."""
-    runtimes = [option_value(r) for r in target.candidate_runtimes]
-    if option_value(target.device) != "cpu":
-        return runtimes
-    return [r for r in runtimes if option_value(precision) in CPU_RUNTIME_PRECISIONS.get(r, [])]
+def _refusal(runtime: str, device: str, precision: str, model: Optional[ModelConfig]) -> str:
+    """Why ``runtime`` cannot build ``precision`` (of ``model``, where given) on ``device``; '' when it can.
+    A runtime missing from RUNTIME_PRECISIONS computes every precision its target lists."""
+    computed = RUNTIME_PRECISIONS.get((runtime, device))
+    if computed is not None and precision not in computed:
+        return f"{runtime}: {computed}"
+    if model is not None and runtime in PYTORCH_SOURCE_RUNTIMES and option_value(model.source) == "onnx":
+        return f"{runtime}: PyTorch models only, this one is an ONNX file"
+    return ""
+
+
+def runtimes_for(target: TargetConfig, precision, model: Optional[ModelConfig] = None) -> List[str]:
+    """The target's candidate runtimes that can build ``precision`` (of ``model``, where given: runtimes that
+    compile PyTorch need a PyTorch source)."""
+    return [r for r in (option_value(r) for r in target.candidate_runtimes)
+            if not _refusal(r, option_value(target.device), option_value(precision), model)]
 
 
 def has_labels(data) -> bool:
     source = option_value(data.source)
     return source in LABELLED_SOURCES or (source in ("image_folder", "tensor_files") and data.labels is not None)
 
+
+
+def bound_problems(node, key: str = "") -> List[str]:
+    """'key = value: allowed range' for every field of ``node`` (a schema dataclass, recursively, through
+    dicts of them such as target.<name>) whose value is outside the Bound its setting(...) declares."""
+    problems = []
+    for spec in dataclasses.fields(node):
+        value, path = getattr(node, spec.name), f"{key}.{spec.name}" if key else spec.name
+        bound = spec.metadata.get("bound")
+        if bound is not None and not bound.allows(value):
+            problems.append(f"{path} = {value!r}: {bound.describe()}")
+        if dataclasses.is_dataclass(value):
+            problems += bound_problems(value, path)
+        elif isinstance(value, dict):
+            problems += [p for name, item in value.items() if dataclasses.is_dataclass(item) for p in bound_problems(item, f"{path}.{name}")]
+    return problems
 
 
 def config_problems(cfg: PipelineConfig) -> List[str]:
@@ -66,60 +99,30 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
         if not ok:
             problems.append(f"{key} = {value!r}: {allowed}")
 
-    cal = cfg.calibration
-    need(cal.num_samples >= 1, "calibration.num_samples", cal.num_samples, "must be >= 1")
-    need(cal.batch_size >= 1, "calibration.batch_size", cal.batch_size, "must be >= 1")
-    need(0 < cal.percentile <= 100, "calibration.percentile", cal.percentile, "must be in (0, 100]")
-    need(cal.num_bins >= 128, "calibration.num_bins", cal.num_bins, "must be >= 128 (entropy compares 128-bin quantized histograms)")
-    need(cal.search.max_excluded >= 0, "calibration.search.max_excluded", cal.search.max_excluded, "must be >= 0")
-    need(cal.search.sensitivity_samples >= 1, "calibration.search.sensitivity_samples", cal.search.sensitivity_samples, "must be >= 1")
-    need(cal.search.num_samples is None or cal.search.num_samples >= 1, "calibration.search.num_samples", cal.search.num_samples,
-         "must be null (the validation split's size) or >= 1")
-    need(0 <= cal.search.headroom < 1, "calibration.search.headroom", cal.search.headroom, "must be in [0, 1)")
-
-    bench = cfg.benchmark
-    need(bool(bench.batch_sizes) and all(b >= 1 for b in bench.batch_sizes), "benchmark.batch_sizes", bench.batch_sizes,
-         "must be a non-empty list of sizes >= 1")
-    need(bench.warmup >= 0, "benchmark.warmup", bench.warmup, "must be >= 0")
-    need(bench.iterations >= 1, "benchmark.iterations", bench.iterations, "must be >= 1")
-    need(bench.repeats >= 1, "benchmark.repeats", bench.repeats, "must be >= 1")
-    need(bench.max_seconds_per_batch > 0, "benchmark.max_seconds_per_batch", bench.max_seconds_per_batch, "must be > 0")
-    need(bench.spread_warning >= 0, "benchmark.spread_warning", bench.spread_warning, "must be >= 0")
-    need(bench.min_quantized_speedup is None or bench.min_quantized_speedup > 0, "benchmark.min_quantized_speedup",
-         bench.min_quantized_speedup, "must be null or > 0")
-    need(bench.threads >= 0, "benchmark.threads", bench.threads, "must be >= 0 (0: one per core)")
-    need(bench.streams >= 1, "benchmark.streams", bench.streams, "must be >= 1")
-    need(bench.nvml_interval_ms >= 1, "benchmark.nvml_interval_ms", bench.nvml_interval_ms, "must be >= 1")
+    problems += bound_problems(cfg)  # every field declared with setting(...): its range, from the schema
+    gpu = cfg.benchmark.gpu
+    for key, values in (("benchmark.batch_sizes", cfg.benchmark.batch_sizes), ("benchmark.gpu.batch_sizes", gpu.batch_sizes)):
+        need(bool(values) and all(v >= 1 for v in values), key, values, "must be a non-empty list of sizes >= 1")
+    need(bool(gpu.figures) and len(set(gpu.figures)) == len(gpu.figures), "benchmark.gpu.figures", [f.value for f in gpu.figures],
+         f"a non-empty list without repeats of {[f.value for f in GpuFigure]}")
+    need(gpu.max_seconds >= max(gpu.min_seconds, gpu.beside_seconds) and gpu.max_seconds > 0, "benchmark.gpu.max_seconds", gpu.max_seconds,
+         f"must be > 0 and >= benchmark.gpu.min_seconds ({gpu.min_seconds}) and beside_seconds ({gpu.beside_seconds})")
 
     serve = cfg.serving
-    need(serve.max_batch_size >= 1, "serving.max_batch_size", serve.max_batch_size, "must be >= 1")
     need(all(1 <= b <= serve.max_batch_size for b in serve.preferred_batch_sizes), "serving.preferred_batch_sizes",
          serve.preferred_batch_sizes, f"sizes in [1, serving.max_batch_size={serve.max_batch_size}]")
-    need(serve.max_queue_delay_us >= 0, "serving.max_queue_delay_us", serve.max_queue_delay_us, "must be >= 0")
-    need(serve.instances >= 1, "serving.instances", serve.instances, "must be >= 1")
     need(bool(serve.gpus) and all(g >= 0 for g in serve.gpus), "serving.gpus", serve.gpus, "a non-empty list of GPU indices >= 0")
-    need(serve.intra_op_threads >= 0, "serving.intra_op_threads", serve.intra_op_threads, "must be >= 0")
-    need(serve.warmup_samples >= 0, "serving.warmup_samples", serve.warmup_samples, "must be >= 0")
-    need(serve.startup_timeout_s > 0, "serving.startup_timeout_s", serve.startup_timeout_s, "must be > 0")
-    need(0 < serve.http_max_request_mb <= 4096, "serving.http_max_request_mb", serve.http_max_request_mb, "in (0, 4096]")
-    need(serve.agreement_samples >= 1, "serving.agreement_samples", serve.agreement_samples, "must be >= 1")
-    need(serve.agreement_atol >= 0 and serve.agreement_rtol >= 0, "serving.agreement_atol/rtol", (serve.agreement_atol, serve.agreement_rtol), "must be >= 0")
     need(bool(serve.concurrency) and all(c >= 1 for c in serve.concurrency), "serving.concurrency", serve.concurrency, "a non-empty list of levels >= 1")
-    need(serve.seconds_per_level > 0, "serving.seconds_per_level", serve.seconds_per_level, "must be > 0")
-    need(serve.p99_budget_ms > 0, "serving.p99_budget_ms", serve.p99_budget_ms, "must be > 0")
-    search = serve.search
-    need(bool(search.instances) and all(i >= 1 for i in search.instances), "serving.search.instances", search.instances,
+    search = serve.batching_search
+    need(bool(search.instances) and all(i >= 1 for i in search.instances), "serving.batching_search.instances", search.instances,
          "a non-empty list of counts >= 1")
-    need(bool(search.max_queue_delay_us) and all(d >= 0 for d in search.max_queue_delay_us), "serving.search.max_queue_delay_us",
+    need(bool(search.max_queue_delay_us) and all(d >= 0 for d in search.max_queue_delay_us), "serving.batching_search.max_queue_delay_us",
          search.max_queue_delay_us, "a non-empty list of delays >= 0")
     need(bool(search.preferred_batch_sizes) and all(1 <= b <= serve.max_batch_size for sizes in search.preferred_batch_sizes for b in sizes),
-         "serving.search.preferred_batch_sizes", search.preferred_batch_sizes,
+         "serving.batching_search.preferred_batch_sizes", search.preferred_batch_sizes,
          f"a non-empty list of lists ([] allowed) of sizes in [1, serving.max_batch_size={serve.max_batch_size}]")
-    need(bool(search.concurrency) and all(c >= 1 for c in search.concurrency), "serving.search.concurrency", search.concurrency,
+    need(bool(search.concurrency) and all(c >= 1 for c in search.concurrency), "serving.batching_search.concurrency", search.concurrency,
          "a non-empty list of levels >= 1")
-    need(search.seconds_per_trial > 0, "serving.search.seconds_per_trial", search.seconds_per_trial, "must be > 0")
-    need(serve.server_scenario.probes >= 1, "serving.server_scenario.probes", serve.server_scenario.probes, "must be >= 1")
-    need(serve.server_scenario.seconds_per_rate > 0, "serving.server_scenario.seconds_per_rate", serve.server_scenario.seconds_per_rate, "must be > 0")
     for name, data in cfg.dataset.items():  # warm-up and agreement draw from each dataset's validation split
         for key in ("agreement_samples", "warmup_samples"):
             need(getattr(serve, key) <= data.num_validation, f"serving.{key}", getattr(serve, key),
@@ -218,18 +221,14 @@ def config_problems(cfg: PipelineConfig) -> List[str]:
             need(device in RUNTIME_DEVICES[runtime], f"{key}.runtimes", runtimes,
                  f"runtimes that build for {device}: {[r for r, devices in RUNTIME_DEVICES.items() if device in devices]}")
         need(len(set(runtimes)) == len(runtimes), f"{key}.runtimes", runtimes, "each runtime once")
+        need(option_value(target.backend) not in PYTORCH_SOURCE_RUNTIMES, f"{key}.backend", option_value(target.backend),
+             "the runtime calibrate prepares the ONNX for; aoti compiles the PyTorch checkpoint: list it in runtimes instead")
         if device == "cpu":
             need(option_value(Precision.bf16) not in [option_value(p) for p in target.precisions] or option_value(target.cpu_isa) == "amx",
                  f"{key}.precisions", "bf16", "bf16 on CPU targets with cpu_isa amx only (AMX-BF16 tiles)")
         selection = target.selection
         need(bool(selection.batch_sizes) and all(b >= 1 for b in selection.batch_sizes), f"{key}.selection.batch_sizes",
              list(selection.batch_sizes), "one or more batch sizes, each >= 1")
-        need(selection.gate_samples >= 1, f"{key}.selection.gate_samples", selection.gate_samples, "must be >= 1")
-        need(selection.min_gain >= 1.0, f"{key}.selection.min_gain", selection.min_gain, "must be >= 1 (1: the fastest always wins)")
-        build = target.build
-        need(0 <= build.builder_optimization_level <= 5, f"{key}.build.builder_optimization_level", build.builder_optimization_level, "must be 0-5")
-        need(build.workspace_mib >= 1, f"{key}.build.workspace_mib", build.workspace_mib, "must be >= 1")
-        need(build.intra_op_threads >= 0, f"{key}.build.intra_op_threads", build.intra_op_threads, "must be >= 0")
         need(target.tensorrt_version is None or re.fullmatch(r"\d+\.\d+(\.\d+)?", target.tensorrt_version) is not None,
              f"{key}.tensorrt_version", target.tensorrt_version, "null or a release such as 10.3.0")
         need(target.compute_capability is None or re.fullmatch(r"\d+\.\d+", target.compute_capability) is not None,

@@ -75,6 +75,11 @@ def build_matrix(models: DictConfig, targets: DictConfig, precisions: DictConfig
             why = unrunnable_precision(typed.target[target_name], precision)
             if why:
                 problems.append(f"target '{target_name}' cannot run precision {precision}: {why}")
+                continue
+            for model_name in models:  # runtimes that compile PyTorch cannot take a bring-your-own ONNX
+                why = unrunnable_precision(typed.target[target_name], precision, typed.model[model_name])
+                if why:
+                    problems.append(f"target '{target_name}' cannot build model '{model_name}' at {precision}: {why}")
     names = [f"{m}-{t}-{p}" for m in sorted(models) for t in sorted(targets) for p in sorted(precisions)]
     unknown = [b for b in typed.benchmark.speed_gate_waived if b not in names]
     if unknown:

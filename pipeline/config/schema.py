@@ -8,7 +8,50 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The numbers a setting allows. config_problems (checks.py) checks every field that carries one, so a
+    setting's default, range and description sit together here, not restated elsewhere."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # > instead of >=
+    high_open: bool = False  # < instead of <=
+    nullable: bool = False
+    note: str = ""  # what a special value means, said with the range
+
+    def allows(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"must be {'null or ' if self.nullable else ''}{text}" + (f" ({self.note})" if self.note else "")
+
+
+def setting(default: Any = None, *, factory: Optional[Callable[[], Any]] = None, ge: Optional[float] = None, gt: Optional[float] = None,
+            le: Optional[float] = None, lt: Optional[float] = None, nullable: bool = False, note: str = "", help: str = ""):
+    """A field with its default (``factory`` for lists), a one-line description, and for numbers the range
+    config_problems enforces (docs/settings.md is generated from these)."""
+    metadata: Dict[str, Any] = {"help": help}
+    if (ge, gt, le, lt) != (None, None, None, None):
+        metadata["bound"] = Bound(low=gt if gt is not None else ge, high=lt if lt is not None else le, low_open=gt is not None,
+                                  high_open=lt is not None, nullable=nullable, note=note)
+    elif note:
+        metadata["note"] = note
+    return field(default_factory=factory, metadata=metadata) if factory is not None else field(default=default, metadata=metadata)
+
 
 
 class Precision(str, Enum):
@@ -40,6 +83,7 @@ class Backend(str, Enum):
     tensorrt = "tensorrt"
     tensorrt_rtx = "tensorrt_rtx"
     openvino = "openvino"
+    aoti = "aoti"  # PyTorch AOTInductor: the model's PyTorch source compiled ahead of time
 
 
 class Device(str, Enum):
@@ -272,6 +316,14 @@ class ModelConfig:
         """``wanted``, or 1 for a model run one sample at a time."""
         return 1 if self.one_sample_at_a_time else wanted
 
+    @property
+    def largest_batch(self) -> int:
+        """The largest batch any of the model's profiles admits (1 for a model run one sample at a time)."""
+        if self.one_sample_at_a_time:
+            return 1
+        names = {spec.axis_name(0) for spec in self.inputs if spec.batch}
+        return max((size for profile in self.profiles for axis, size in profile.max.items() if axis in names), default=1)
+
 
 @dataclass
 class QuantizationConfig:
@@ -291,16 +343,18 @@ class QuantizationConfig:
 class BuildSettings:
     # ONNX Runtime: optimization level baked in offline.
     graph_optimization_level: GraphOptimizationLevel = GraphOptimizationLevel.extended
-    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    intra_op_threads: int = setting(0, ge=0, note="0: ONNX Runtime's default, one per core", help="ONNX Runtime threads the build optimizes with")
     # ONNX Runtime graph transformers left out at build and load (recorded in the sidecar), e.g.
     # SkipLayerNormFusion, whose fused kernel is slower than Add + LayerNormalization on INT8 BERT.
     disabled_optimizers: List[str] = field(default_factory=list)
     # ONNX Runtime CUDA: provider options recorded in the sidecar and applied at load, e.g. prefer_nhwc "1"
     # (channels-last convolutions, Tensor Core friendly for FP16).
     cuda_provider_options: Dict[str, str] = field(default_factory=dict)
+    # PyTorch AOTInductor: autotune GEMM/convolution kernels (minutes per model on a GPU; the result is cached by DVC)
+    inductor_max_autotune: bool = False
     # TensorRT / TensorRT-RTX
-    builder_optimization_level: int = 3
-    workspace_mib: int = 4096
+    builder_optimization_level: int = setting(3, ge=0, le=5, help="TensorRT's builder optimization level (higher: longer builds, faster engines)")
+    workspace_mib: int = setting(4096, ge=1, help="TensorRT's workspace memory pool limit")
     profiling_verbosity: ProfilingVerbosity = ProfilingVerbosity.detailed
     hardware_compatibility: HardwareCompatibility = HardwareCompatibility.none
     version_compatible: bool = False
@@ -313,10 +367,10 @@ class RuntimeSelection:
     sizes on this host; the fastest that passes is the artifact (Triton Model Navigator's approach)."""
 
     batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
-    gate_samples: int = 64  # search-split samples each candidate's outputs are gated on (validate checks all)
-    # A candidate listed later replaces an earlier one only when at least this much faster (geometric
-    # mean over the batch sizes): a near-tie keeps the listed order, so reruns choose the same runtime.
-    min_gain: float = 1.05
+    gate_samples: int = setting(64, ge=1, help="search-split samples each candidate's outputs are gated on (validate checks all)")
+    # A near-tie keeps the listed order, so reruns choose the same runtime.
+    min_gain: float = setting(1.05, ge=1, note="1: the fastest always wins",
+                              help="how much faster (geometric mean over the batch sizes) a later-listed candidate must be to replace an earlier one")
 
 
 @dataclass
@@ -404,52 +458,80 @@ class SearchConfig:
     """Accuracy-aware precision: when the quantized model misses its gates, keep the layers that add
     the most error in float, one at a time, until the gates pass or the budget is spent."""
 
-    enabled: bool = True
-    max_excluded: int = 8  # budget: most layers kept in float
-    sensitivity_samples: int = 32  # calibration samples used to rank layers
-    # Samples the search checks its gates on: drawn from the training split, disjoint from the
-    # calibration samples and from the validation split, so validate stays an independent check.
-    # null: as many as the validation split (retrieval agreement depends on the sample count).
-    num_samples: Optional[int] = None
-    # The search aims for gates tightened by this fraction of their distance to perfect (0.99 -> 0.9925
-    # at 0.25), so the validation split, another sample of the same data, passes them too.
-    headroom: float = 0.25
+    enabled: bool = setting(True, help="on a missed gate, keep the most error-adding layers in float, one at a time")
+    max_excluded: int = setting(8, ge=0, help="budget: most layers kept in float")
+    sensitivity_samples: int = setting(32, ge=1, help="calibration samples used to rank layers")
+    # Drawn from the training split, disjoint from the calibration samples and from the validation split,
+    # so validate stays an independent check (retrieval agreement depends on the sample count).
+    num_samples: Optional[int] = setting(None, ge=1, nullable=True, note="null: as many as the validation split",
+                                         help="samples the search checks its gates on")
+    # 0.99 -> 0.9925 at 0.25, so the validation split, another sample of the same data, passes them too.
+    headroom: float = setting(0.25, ge=0, lt=1, help="the search aims for gates tightened by this fraction of their distance to perfect")
 
 
 @dataclass
 class CalibrationConfig:
-    method: CalibrationMethod = CalibrationMethod.minmax
-    num_samples: int = 500
-    seed: int = 0
-    batch_size: int = 16  # samples per statistics pass: bounds peak memory
-    percentile: float = 99.999
-    num_bins: int = 2048
-    exclude_nodes: List[str] = field(default_factory=list)  # nodes kept in float, e.g. a list the search found
+    """INT8/FP8 calibration: how activation ranges are estimated from the calibration samples, and the
+    accuracy-aware search that keeps layers in float when the quantized model misses its gates."""
+
+    method: CalibrationMethod = setting(CalibrationMethod.minmax, help="how activation ranges are estimated: minmax, entropy or percentile")
+    num_samples: int = setting(500, ge=1, help="calibration samples drawn from the data not held out")
+    seed: int = setting(0, help="seed of the calibration draw")
+    batch_size: int = setting(16, ge=1, help="samples per statistics pass: bounds peak memory")
+    percentile: float = setting(99.999, gt=0, le=100, help="percentile calibration: the share of activation magnitudes a range covers")
+    num_bins: int = setting(2048, ge=128, note="entropy compares 128-bin quantized histograms", help="histogram bins (entropy, percentile)")
+    exclude_nodes: List[str] = setting(factory=list, help="ONNX nodes kept in float, e.g. the list an accuracy search found")
     search: SearchConfig = field(default_factory=SearchConfig)
+
+
+class GpuFigure(str, Enum):
+    """One way of timing a GPU runner at one batch size (benchmark.gpu.figures)."""
+
+    graph = "graph"  # inputs already on the GPU; a captured CUDA graph replayed
+    eager = "eager"  # inputs already on the GPU; each run launched by the runtime
+    overlapped = "overlapped"  # host inputs: batch n+1 uploaded and n-1 downloaded while n computes
+    serial = "serial"  # host inputs: upload, compute, download one after another
+
+
+@dataclass
+class GpuBenchmarkConfig:
+    """How CUDA targets are timed: a batch sweep long enough for NVML to see it, the CUDA-graph figure
+    beside the eager one, and the figures with and without host transfers."""
+
+    batch_sizes: List[int] = setting(factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+                                     help="the sweep; a model's stops at the largest batch of its profiles")
+    # A graph that cannot be captured at a shape leaves that shape's headline to the next figure, and says why.
+    figures: List[GpuFigure] = setting(factory=lambda: [GpuFigure.graph, GpuFigure.eager, GpuFigure.overlapped],
+                                       help="the first is the headline (what plots and the report read); the others are timed beside it")
+    warmup: int = setting(10, ge=1, note="a CUDA graph is captured while warming up", help="untimed runs of each runner first")
+    # The headline runs until it has lasted min_seconds and done min_iterations (whichever comes
+    # later), or for max_seconds at most; the other figures for beside_seconds.
+    min_seconds: float = setting(2.0, ge=0, help="the headline figure's shortest run per batch size")
+    min_iterations: int = setting(200, ge=1, help="the headline figure's fewest runs per batch size")
+    beside_seconds: float = setting(0.5, ge=0, help="how long each other figure runs")
+    max_seconds: float = setting(10.0, help="no figure runs longer (> 0, and at least min_seconds and beside_seconds)")
+    streams: int = setting(1, ge=1, help="headline: concurrent runners, each on its own CUDA stream")
+    nvml_min_samples: int = setting(20, ge=0, help="NVML samples per batch size the sampling period aims for; fewer is said in the row")
 
 
 @dataclass
 class BenchmarkConfig:
-    batch_sizes: List[int] = field(default_factory=lambda: [1, 8, 32])
-    warmup: int = 3
-    iterations: int = 10  # timed runs per repeat
-    repeats: int = 3  # independent timed loops; their spread flags a noisy machine
-    max_seconds_per_batch: float = 10.0  # time budget per batch size (iterations may stop early)
-    spread_warning: float = 0.10  # warn when repeat medians differ by more than this fraction
-    threads: int = 0
-    # Every build below FP32 (INT8, FP8, FP16, BF16) must be at least this many times faster than its FP32
-    # model at the largest batch, timed side by side on the same device, or its benchmark gate fails with
-    # both numbers (null: no gate). Builds named in speed_gate_waived are measured, marked, not failed.
-    min_quantized_speedup: Optional[float] = 1.0
-    speed_gate_waived: List[str] = field(default_factory=list)
-    # GPU targets only:
-    include_transfers: bool = True  # time host-to-device and device-to-host copies too
-    # With transfers: double-buffered, batch n+1 uploaded and n-1 downloaded while n computes, inputs
-    # written in place into page-locked memory; false: each batch uploaded, computed, downloaded in turn.
-    overlap_transfers: bool = True
-    cuda_graph: bool = False  # capture once, replay the CUDA graph
-    streams: int = 1  # concurrent runners, each on its own CUDA stream
-    nvml_interval_ms: int = 20  # NVML sampling period during timed runs
+    """Latency and throughput of each build. CPU targets sweep batch_sizes in repeats x iterations;
+    CUDA targets follow the gpu section."""
+
+    batch_sizes: List[int] = setting(factory=lambda: [1, 8, 32], help="CPU targets' sweep; each size is its own row in the plots")
+    warmup: int = setting(3, ge=0, help="untimed runs first")
+    iterations: int = setting(10, ge=1, help="timed runs per repeat")
+    repeats: int = setting(3, ge=1, help="independent timed loops (GPU: the timed runs cut in this many parts); their spread flags a noisy machine")
+    max_seconds_per_batch: float = setting(10.0, gt=0, help="time budget per batch size (iterations may stop early)")
+    spread_warning: float = setting(0.10, ge=0, help="warn when repeat medians differ by more than this fraction")
+    threads: int = setting(0, ge=0, note="0: one per core", help="intra-op threads")
+    # Timed side by side on the same device at the largest batch; the gate fails with both numbers.
+    # Builds named in speed_gate_waived are measured, marked, not failed.
+    min_quantized_speedup: Optional[float] = setting(1.0, gt=0, nullable=True, note="null: no gate",
+                                                     help="how many times faster than its FP32 model every build below FP32 must be")
+    speed_gate_waived: List[str] = setting(factory=list, help="builds whose slower-than-FP32 figure is recorded and marked, not failed")
+    gpu: GpuBenchmarkConfig = field(default_factory=GpuBenchmarkConfig)
 
 
 @dataclass
@@ -457,13 +539,13 @@ class BatchingSearch:
     """A bounded search, in the spirit of Triton Model Analyzer, for the dynamic-batching configuration
     with the highest throughput whose p99 meets serving.p99_budget_ms; package writes the winner."""
 
-    enabled: bool = False  # off: package writes the configured values (pinned)
-    instances: List[int] = field(default_factory=lambda: [1, 2])
-    max_queue_delay_us: List[int] = field(default_factory=lambda: [1000, 5000, 20000])
-    # Each entry is one candidate list; [] lets Triton form any batch up to max_batch_size.
-    preferred_batch_sizes: List[List[int]] = field(default_factory=lambda: [[], [8, 16, 32]])
-    concurrency: List[int] = field(default_factory=lambda: [4, 16, 32])  # client levels per candidate, stops past the budget
-    seconds_per_trial: float = 2.0
+    enabled: bool = setting(False, help="search at package time (off: the configured values are written, pinned)")
+    instances: List[int] = setting(factory=lambda: [1, 2], help="instance counts tried")
+    max_queue_delay_us: List[int] = setting(factory=lambda: [1000, 5000, 20000], help="queue delays tried")
+    preferred_batch_sizes: List[List[int]] = setting(factory=lambda: [[], [8, 16, 32]],
+                                                     help="candidate lists tried; [] lets Triton form any batch up to max_batch_size")
+    concurrency: List[int] = setting(factory=lambda: [4, 16, 32], help="client levels per candidate (stops at the first past the budget)")
+    seconds_per_trial: float = setting(2.0, gt=0, help="load time per candidate and concurrency level")
 
 
 @dataclass
@@ -471,34 +553,35 @@ class ServerScenario:
     """MLPerf's server scenario: requests arrive at random (Poisson) at a target rate; the highest rate
     whose p99 meets serving.p99_budget_ms, found by doubling then bisecting."""
 
-    enabled: bool = True
-    probes: int = 5  # rates tried: doubling until one misses the budget, then bisecting
-    seconds_per_rate: float = 2.0
+    enabled: bool = setting(True, help="measure the highest Poisson arrival rate whose p99 meets the budget")
+    probes: int = setting(5, ge=1, help="rates tried: doubling until one misses the budget, then bisecting")
+    seconds_per_rate: float = setting(2.0, gt=0, help="load time per rate")
 
 
 @dataclass
 class ServingConfig:
     """Triton serving of each build: the model repository package writes and the load serve puts on it."""
 
-    precisions: List[Precision] = field(default_factory=lambda: [Precision.int8])  # builds `serve` runs for
-    max_batch_size: int = 32  # largest batch the server forms (capped by the model's batch limits)
-    preferred_batch_sizes: List[int] = field(default_factory=lambda: [8, 16, 32])
-    max_queue_delay_us: int = 5000  # how long a request may wait for a batch to fill
-    instances: int = 1  # model instances (each runs one batch at a time)
-    intra_op_threads: int = 0  # ONNX Runtime threads per instance (0: one per core)
-    gpus: List[int] = field(default_factory=lambda: [0])  # CUDA targets: the GPUs each instance group runs on
-    cuda_graphs: bool = True  # TensorRT targets: Triton replays CUDA graphs for the native form
-    warmup_samples: int = 4  # validation samples the server runs before it reports ready
-    startup_timeout_s: float = 60.0
-    # HTTP bodies over this are refused (413) in front of Triton 2.51, which has no such option and died on 16 MB
-    http_max_request_mb: float = 15.0
-    agreement_samples: int = 64  # validation samples served and compared with the offline engine
-    agreement_atol: float = 1e-4  # served vs offline outputs: |served - offline| <= atol + rtol * |offline|
-    agreement_rtol: float = 1e-3
-    concurrency: List[int] = field(default_factory=lambda: [1, 4])  # closed-loop sweep, single-sample requests
-    seconds_per_level: float = 3.0  # load time per concurrency level
-    p99_budget_ms: float = 200.0  # gate: client p99 at every concurrency level
-    search: BatchingSearch = field(default_factory=BatchingSearch)
+    precisions: List[Precision] = setting(factory=lambda: [Precision.int8], help="the precisions whose builds `serve` serves")
+    max_batch_size: int = setting(32, ge=1, help="largest batch the server forms (capped by the model's batch limits)")
+    preferred_batch_sizes: List[int] = setting(factory=lambda: [8, 16, 32], help="batch sizes Triton's dynamic batcher prefers")
+    max_queue_delay_us: int = setting(5000, ge=0, help="how long a request may wait for a batch to fill")
+    instances: int = setting(1, ge=1, help="model instances (each runs one batch at a time)")
+    intra_op_threads: int = setting(0, ge=0, note="0: one per core", help="ONNX Runtime threads per instance")
+    gpus: List[int] = setting(factory=lambda: [0], help="CUDA targets: the GPUs each instance group runs on")
+    cuda_graphs: bool = setting(True, help="TensorRT targets: Triton replays CUDA graphs in the native form")
+    warmup_samples: int = setting(4, ge=0, help="validation samples the server runs before it reports ready")
+    startup_timeout_s: float = setting(60.0, gt=0, help="how long the server may take to become ready")
+    # Triton 2.51 has no such option and died on a 16 MB body
+    http_max_request_mb: float = setting(15.0, gt=0, le=4096, help="HTTP bodies over this are refused (413) in front of Triton")
+    agreement_samples: int = setting(64, ge=1, help="validation samples served and compared with the offline engine")
+    # served vs offline outputs: |served - offline| <= atol + rtol * |offline|
+    agreement_atol: float = setting(1e-4, ge=0, help="absolute tolerance of served against offline outputs")
+    agreement_rtol: float = setting(1e-3, ge=0, help="relative tolerance of served against offline outputs")
+    concurrency: List[int] = setting(factory=lambda: [1, 4], help="closed-loop sweep of single-sample requests")
+    seconds_per_level: float = setting(3.0, gt=0, help="load time per concurrency level")
+    p99_budget_ms: float = setting(200.0, gt=0, help="gate: client p99 at every concurrency level")
+    batching_search: BatchingSearch = field(default_factory=BatchingSearch)
     server_scenario: ServerScenario = field(default_factory=ServerScenario)
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 
@@ -23,6 +24,40 @@ def latency_stats(latencies_ms: np.ndarray, batch_size: int) -> Dict[str, float]
     }
 
 
+def median_spread(groups: Iterable[Sequence[float]]) -> float:
+    """How far apart the medians of the (non-empty) ``groups`` of timings are, as a fraction of the smallest:
+    drift on a noisy machine shows here."""
+    medians = [float(np.median(group)) for group in groups if len(group)]
+    return (max(medians) - min(medians)) / min(medians) if len(medians) > 1 else 0.0
+
+
+def repeat_spread(latencies_ms: Sequence[float], parts: int) -> float:
+    """``median_spread`` of one timed loop cut into ``parts`` consecutive chunks."""
+    return median_spread(np.array_split(np.asarray(latencies_ms, dtype=np.float64), max(1, parts)))
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """How long a timed loop runs: until it has lasted ``min_seconds`` and done ``min_runs`` (whichever
+    comes later), and never past ``max_seconds`` (after at least one run)."""
+
+    min_seconds: float
+    min_runs: int
+    max_seconds: float
+
+    def done(self, elapsed_s: float, runs: int) -> bool:
+        return runs >= 1 and (elapsed_s >= self.max_seconds or (elapsed_s >= self.min_seconds and runs >= self.min_runs))
+
+
+def timed_until(step: Callable[[], float], budget: TimeBudget) -> List[float]:
+    """Call ``step``, which returns the milliseconds it measured, until ``budget`` is met."""
+    values: List[float] = []
+    start = time.perf_counter()
+    while not budget.done(time.perf_counter() - start, len(values)):
+        values.append(step())
+    return values
+
+
 def benchmark_batch(runner: Runner, feeds: Dict[str, np.ndarray], batch_size: int, cfg: BenchmarkConfig) -> dict:
     """Time ``runner.run(feeds)``: ``cfg.repeats`` loops of ``cfg.iterations`` after ``cfg.warmup`` runs."""
     for _ in range(cfg.warmup):
@@ -41,8 +76,7 @@ def benchmark_batch(runner: Runner, feeds: Dict[str, np.ndarray], batch_size: in
         if time.perf_counter() > deadline:
             break
     all_ms = np.asarray([ms for loop in repeats for ms in loop])
-    medians = [float(np.median(loop)) for loop in repeats]
-    spread = (max(medians) - min(medians)) / min(medians) if len(medians) > 1 else 0.0
+    spread = median_spread(repeats)
     row = {"batch_size": batch_size, "runs": int(all_ms.size), "repeats": len(repeats), **latency_stats(all_ms, batch_size)}
     row["repeat_spread"] = float(spread)
     row["noisy"] = bool(spread > cfg.spread_warning)

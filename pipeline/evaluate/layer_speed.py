@@ -19,8 +19,11 @@ import numpy as np
 import onnx
 
 from ..backends.onnxruntime_backend import load_onnx_runner
-from .sensitivity import with_outputs
+from ..console import console, progress_bar
+from ..onnx_tools.inspect import load_model
 from .benchmark import side_by_side
+from .host import host_cpu
+from .sensitivity import with_outputs
 
 
 def weighted_layers(model: onnx.ModelProto, op_types: Sequence[str]) -> List[onnx.NodeProto]:
@@ -98,3 +101,31 @@ def confirm_in_model(
             rows.append({"node": node, "model_all_int8_ms": round(timed["all_int8"], 4), "model_layer_float_ms": round(timed["layer_float"], 4),
                          "stays_float": timed["layer_float"] <= timed["all_int8"]})
     return rows
+
+
+def speed_guard(label: str, source: Path, op_types: Sequence[str], feeds: Dict[str, np.ndarray], quantize_to: Callable,
+                min_speedup: float, isa: Optional[str], disabled_optimizers: Sequence[str] = (), workdir: Optional[Path] = None) -> tuple:
+    """(timings for the metrics, the layers that stay float): layers not ``min_speedup`` faster in INT8 alone,
+    and not slower for the model in float, stay float. ``quantize_to(kept_float, src, dst)`` is the build's
+    quantizer.
+
+    Timings on a host without the target's ``isa`` would decide for the wrong CPU: the guard then keeps
+    every layer quantized and says so (the benchmark's INT8-vs-FP32 gate still applies)."""
+    host = host_cpu()
+    if not host.supports(isa):
+        console.print(f"[yellow]  speed guard {label}: this host ({host.describe()}) lacks the target's ISA '{isa}'; "
+                      "no layer timed, every layer stays quantized[/yellow]")
+        return {"host": host.describe(), "skipped": f"host lacks {isa}"}, []
+    layers = len(weighted_layers(load_model(source), op_types))
+    with progress_bar() as progress:
+        task = progress.add_task(f"time layers {label} (float vs int8)", total=layers)
+        rows = layer_speedups(source, op_types, feeds, lambda src, dst: quantize_to([], src, dst), workdir=workdir,
+                              on_layer=lambda: progress.advance(task))
+    suspects = [row["node"] for row in rows if row["speedup"] < min_speedup]
+    confirmed = confirm_in_model(source, suspects, feeds, quantize_to, workdir=workdir, disabled_optimizers=disabled_optimizers) if suspects else []
+    for row in confirmed:
+        verdict = "stays float" if row["stays_float"] else "stays int8 (faster in the model)"
+        console.print(f"  speed guard {label}: {row['node']} below {min_speedup}x alone; model {row['model_layer_float_ms']:.1f} ms "
+                      f"with it float vs {row['model_all_int8_ms']:.1f} ms all int8: {verdict}")
+    slow = [row["node"] for row in confirmed if row["stays_float"]]
+    return {"host": host.describe(), "min_layer_speedup": min_speedup, "layers": rows, "in_model": confirmed}, slow

@@ -21,7 +21,8 @@ def collect(cfg: PipelineConfig) -> List[dict]:
         validation = read_json(paths.validate_metrics)
         benchmark = read_json(paths.benchmark_metrics)
         by_batch = sorted((row for key, row in benchmark.items() if key.startswith("batch_")), key=lambda row: row["batch_size"])
-        smallest, largest = by_batch[0], by_batch[-1]
+        # GPU sweeps name their peak ("best"): throughput there, not at the largest batch, which may be past it.
+        smallest, largest = by_batch[0], benchmark.get("best", by_batch[-1])
         built = read_json(paths.build_metrics) if paths.build_metrics.is_file() else {}
         vs_fp32 = benchmark.get("vs_fp32", {})
         rows.append({

@@ -11,7 +11,7 @@ Generated from `conf/target/*.yaml` by `python -m pipeline.report.targets` (a te
 file is stale). A target fixes the engine library, the device, the precisions it can run (others are
 refused when the config is composed), the Q/DQ flavour calibrate writes for it, and its build settings.
 Where a target lists more than one runtime, the build builds, gates and times each on the host and keeps
-the fastest that passes (README, "Runtime chosen by measurement").
+the fastest that passes ([cpu_targets.md](cpu_targets.md), "Runtime chosen by measurement").
 
 | target | runtimes (chosen by measurement at build) | device | CPU ISA | compute capability | TensorRT release | precisions | Q/DQ flavour |
 |---|---|---|---|---|---|---|---|

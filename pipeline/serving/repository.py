@@ -89,6 +89,9 @@ def python_form_problem(backend, device) -> str:
 
         return "" if gpu_compute_capability() else ("it is an onnxruntime build on cuda and this host has no NVIDIA GPU (libcuda); "
                                                     "serve it on its GPU host, or its native package on a Triton server there")
+    if backend == "aoti":
+        return ("it is an AOTInductor package, run by PyTorch, which this machine's serving environment (.venv-serving) does not "
+                "hold: serve its Python form from a Triton whose Python-backend environment has the same torch")
     return (f"it is a {backend} build on {device}; the embedded Triton serves ONNX Runtime and OpenVINO builds on the CPU "
             f"and, on a GPU host, ONNX Runtime CUDA builds. Its native package is for a Triton server on its own target")
 
@@ -96,8 +99,8 @@ def python_form_problem(backend, device) -> str:
 def runner_modules(device: Device, backend: str = "onnxruntime") -> List[str]:
     """The project modules the Python form vendors: the runner, its CUDA layer for GPU builds, and the
     OpenVINO runner for OpenVINO builds (served where the Python backend's environment has OpenVINO)."""
-    return (RUNNER_MODULES + (["backends/cuda_runtime.py"] if device == Device.cuda else [])
-            + (["backends/openvino_backend.py"] if backend == "openvino" else []))
+    return (RUNNER_MODULES + (["backends/cuda_runtime.py", "backends/cuda_runners.py"] if device == Device.cuda else [])
+            + ([f"backends/{backend}_backend.py"] if backend in ("openvino", "aoti") else []))
 
 
 @dataclass
@@ -162,13 +165,29 @@ def _warmup_files(model_dir: Path, warmup: List[Dict[str, np.ndarray]]) -> None:
             (folder / _warmup_file(name, index)).write_bytes(np.ascontiguousarray(value).tobytes())
 
 
+def _instance_kind(device: Device):
+    """Triton's instance-group kind for a build's device."""
+    groups = model_config_pb2().ModelInstanceGroup
+    return groups.KIND_GPU if device == Device.cuda else groups.KIND_CPU
+
+
 def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int],
                        inputs: List[TensorInfo], outputs: List[TensorInfo], max_batch: int, batching: Batching, threads: int,
                        warmup: List[Dict[str, np.ndarray]], fingerprint: Dict[str, str], cuda_graphs: bool = False) -> Dict[str, Path]:
     """``out/native/<name>`` and ``out/python/<name>``; returns the config.pbtxt of each form."""
-    pb = model_config_pb2()
-    kind = pb.ModelInstanceGroup.KIND_GPU if device == Device.cuda else pb.ModelInstanceGroup.KIND_CPU
+    kind = _instance_kind(device)
     written = {}
+
+    if sidecar["backend"] == "aoti":
+        # Triton's PyTorch backend loads TorchScript (and Python modules with torch.compile), not AOTInductor
+        # packages: the Python form, which runs the package through torch, is the one to serve.
+        native_dir = out / "native" / name
+        native_dir.mkdir(parents=True)
+        (native_dir / "NO_NATIVE_FORM.txt").write_text(
+            "No native form: Triton's PyTorch backend loads TorchScript, not AOTInductor (.pt2) packages.\n"
+            f"Serve ../../python/{name} from a Triton whose Python-backend environment has torch {sidecar['versions'].get('torch')}.\n",
+            encoding="utf-8")
+        return {"python": _python_form(out, name, engine_dir, sidecar, device, gpus, inputs, outputs, max_batch, batching, threads, warmup, fingerprint)}
 
     native_dir = out / "native" / name
     (native_dir / VERSION).mkdir(parents=True)
@@ -197,7 +216,15 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     _warmup_files(native_dir, warmup)
     write_config(native_dir / "config.pbtxt", native)
     written["native"] = native_dir / "config.pbtxt"
+    written["python"] = _python_form(out, name, engine_dir, sidecar, device, gpus, inputs, outputs, max_batch, batching, threads, warmup, fingerprint)
+    return written
 
+
+def _python_form(out: Path, name: str, engine_dir: Path, sidecar: dict, device: Device, gpus: List[int], inputs: List[TensorInfo],
+                 outputs: List[TensorInfo], max_batch: int, batching: Batching, threads: int, warmup: List[Dict[str, np.ndarray]],
+                 fingerprint: Dict[str, str]) -> Path:
+    """``out/python/<name>``: Triton's Python backend running the project's runner on the artifact; its config.pbtxt."""
+    kind = _instance_kind(device)
     python_dir = out / "python" / name
     version_dir = python_dir / VERSION
     version_dir.mkdir(parents=True)
@@ -215,8 +242,7 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     batching.apply(wrapped)
     _warmup_files(python_dir, warmup)
     write_config(python_dir / "config.pbtxt", wrapped)
-    written["python"] = python_dir / "config.pbtxt"
-    return written
+    return python_dir / "config.pbtxt"
 
 
 def live_copy(package_model: Path, repository: Path, version: str, execution_env: Path, name: str = "") -> Path:

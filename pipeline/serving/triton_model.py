@@ -25,11 +25,11 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         sys.path.insert(0, str(version_dir))
         from pipeline.backends import get_backend
-        from pipeline.backends.base import RunnerPerShape
+        from pipeline.backends.base import SIDECAR, RunnerPerShape
 
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        sidecar = json.loads((version_dir / "engine" / "sidecar.json").read_text())
+        sidecar = json.loads((version_dir / "engine" / SIDECAR).read_text())
         packaged = json.loads((version_dir / "package.json").read_text())  # this version's build (versions share the config)
         expect = {"build": packaged["pipeline_build"], "precision": packaged["pipeline_precision"]}
         # A KIND_GPU instance runs on the GPU Triton gave it (CUDA's index, as in the server's process).

@@ -1,5 +1,6 @@
-"""benchmark: latency percentiles and throughput over the batch-size sweep; on CPU targets, an INT8/FP8
-build timed side by side with its FP32 model (the performance gate), and the host's ISA recorded."""
+"""benchmark: latency percentiles and throughput over the batch-size sweep (CUDA targets: the figures of
+benchmark.gpu at every batch up to the model's largest); every build below FP32 timed side by side with its
+FP32 model (the speed gate); on CPU targets the host's ISA recorded."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ import dataclasses
 from ..backends import built_by
 from ..evaluate.host import isa_report
 from ..backends.onnxruntime_backend import load_onnx_runner
-from ..cli import console
+from ..console import console
 from ..config.load import BuildContext
 from ..config.schema import Backend, Device, PrecisionMode
 from ..data import load_dataset, make_splits
@@ -33,24 +34,34 @@ def benchmark(ctx: BuildContext) -> list:
 
     def report(row: dict) -> None:
         note = "  [yellow]noisy: repeat medians differ by {:.0%}[/]".format(row["repeat_spread"]) if row["noisy"] else ""
-        console.print(f"  {ctx.name} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  {row['throughput']:.1f}/s{note}")
+        beside = "".join(f"  {figure} {row[figure]['throughput']:.1f}/s" for figure in ("eager", "overlapped", "serial") if figure in row)
+        gpu = f"  [{row['figure']}; SM {row['sm_utilization_mean']:.0f}%]" if "figure" in row and "sm_utilization_mean" in row else ""
+        console.print(f"  {ctx.name} batch {row['batch_size']:>4}: p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  {row['throughput']:.1f}/s"
+                      f"{gpu}{beside}{note}")
+        for key in ("graph_error", "nvml_note"):
+            if key in row:
+                console.print(f"  [yellow]{ctx.name} batch {row['batch_size']}: {row[key]}[/]")
 
-    # A model fixed to one sample is timed at batch 1 only.
-    settings = dataclasses.replace(cfg.benchmark, batch_sizes=sorted({ctx.model.batch_size(b) for b in cfg.benchmark.batch_sizes}))
     backend = built_by(paths.engine_dir, ctx.target.candidate_runtimes)
-    largest = max(settings.batch_sizes)
     bucketed: dict = {}
     if ctx.target.device == Device.cuda:
-        from ..evaluate.gpu_benchmark import gpu_benchmark_batch
+        from ..evaluate.gpu_benchmark import gpu_batch_sizes, gpu_benchmark_batch
 
+        gpu = cfg.benchmark.gpu
         rows = []
-        for batch_size in settings.batch_sizes:
-            make_runner = lambda: backend.load(paths.engine_dir, cuda_graph=cfg.benchmark.cuda_graph, expect=ctx.artifact_identity())  # noqa: E731
-            rows.append(gpu_benchmark_batch(make_runner, feeds(batch_size), batch_size, settings))
+        for batch_size in gpu_batch_sizes(gpu.batch_sizes, ctx.model.largest_batch):
+            def load(graph: bool):
+                return backend.load(paths.engine_dir, cuda_graph=graph, expect=ctx.artifact_identity())
+
+            rows.append(gpu_benchmark_batch(load, feeds(batch_size), batch_size, gpu, cfg.benchmark.repeats, cfg.benchmark.spread_warning))
             report(rows[-1])
+        largest = rows[-1]["batch_size"]
         with backend.load(paths.engine_dir, expect=ctx.artifact_identity()) as runner:
             guard = _vs_fp32(ctx, runner, feeds(largest), largest)
     else:
+        # A model fixed to one sample is timed at batch 1 only.
+        settings = dataclasses.replace(cfg.benchmark, batch_sizes=sorted({ctx.model.batch_size(b) for b in cfg.benchmark.batch_sizes}))
+        largest = max(settings.batch_sizes)
         host, warning = isa_report(ctx.entry.target, ctx.target.cpu_isa)
         if warning:
             console.print(f"  [yellow]{ctx.name}: {warning}[/]")
@@ -59,7 +70,11 @@ def benchmark(ctx: BuildContext) -> list:
             guard = _vs_fp32(ctx, runner, feeds(largest), largest)
             bucketed = _length_bucketed(ctx, runner, dataset, validation, rows[-1])
     metrics = {f"batch_{row['batch_size']}": row for row in rows}
-    if ctx.target.device != Device.cuda:
+    if ctx.target.device == Device.cuda:
+        best = max(rows, key=lambda row: row["throughput"])
+        # The sweep's peak, where a user reads how much of the GPU the build uses.
+        metrics["best"] = {key: best[key] for key in ("batch_size", "throughput", "p50_ms", "figure", "sm_utilization_mean", "nvml_samples") if key in best}
+    else:
         metrics["host"] = host
     if guard:
         metrics["vs_fp32"] = guard

@@ -11,9 +11,10 @@ from typing import List
 import numpy as np
 
 from ..backends import SIDECAR, BuildRequest, get_backend
-from ..cli import console
+from ..console import console
 from ..config.checks import runtimes_for
 from ..config.load import BuildContext
+from ..config.schema import ModelSource
 from ..errors import PipelineError
 from ..files import atomic_dir, read_json, require_file, scratch_dir, sha256_json, write_json
 from ..paths import build_paths, model_paths
@@ -23,13 +24,15 @@ def build(ctx: BuildContext) -> dict:
     cfg = ctx.config
     paths = build_paths(cfg, ctx.name)
     source = require_file(paths.calibrated, "calibrated ONNX")
-    runtimes = runtimes_for(ctx.target, ctx.precision_name)
+    runtimes = runtimes_for(ctx.target, ctx.precision_name, ctx.model)
     config_hash = sha256_json(ctx.config_fingerprint())
+    # Runtimes that compile the PyTorch source (aoti) start from the prepared checkpoint, not the ONNX.
+    checkpoint = model_paths(cfg, ctx.entry.model).checkpoint if ctx.model.source != ModelSource.onnx else None
 
     def request(out_dir: Path) -> BuildRequest:
         return BuildRequest(
             onnx_path=source, out_dir=out_dir, target_name=ctx.entry.target, target=ctx.target, model=ctx.model,
-            precision=ctx.precision_name, config_hash=config_hash, build_name=ctx.name,
+            precision=ctx.precision_name, config_hash=config_hash, build_name=ctx.name, checkpoint=checkpoint,
         )
 
     # Every build starts from an empty timing cache: a cache shared between builds would make engine
@@ -39,7 +42,8 @@ def build(ctx: BuildContext) -> dict:
             backend = get_backend(runtimes[0])
             backend.check_available()  # the library that builds; running on the device is checked at load
             started = time.perf_counter()
-            sidecar = backend.build(request(out))
+            with console.status(_building(ctx, runtimes[0])):
+                sidecar = backend.build(request(out))
             metrics = {"runtime": runtimes[0], "candidates": [{"runtime": runtimes[0], "build_seconds": time.perf_counter() - started}]}
         else:
             with scratch_dir(paths.engine_dir) as scratch:
@@ -75,7 +79,8 @@ def _choose_runtime(ctx: BuildContext, runtimes: List[str], request, scratch: Pa
             started = time.perf_counter()
             try:
                 backend.check_available()
-                backend.build(request(folder))
+                with console.status(_building(ctx, runtime)):
+                    backend.build(request(folder))
                 runner = backend.load(folder, expect=ctx.artifact_identity())
             except PipelineError as exc:  # a runtime that cannot take this model is a lost candidate, not a failed build
                 candidates.append(Candidate(runtime, error=str(exc), build_seconds=time.perf_counter() - started))
@@ -100,6 +105,13 @@ def _choose_runtime(ctx: BuildContext, runtimes: List[str], request, scratch: Pa
     metrics = {"runtime": chosen.runtime, "why": why, "gate_samples": len(samples),
                "candidates": [c.as_metrics() for c in candidates]}
     return chosen.runtime, metrics
+
+
+def _building(ctx: BuildContext, runtime: str) -> str:
+    """The progress line while a runtime builds (compilers take minutes, autotuning ones longer)."""
+    slow = {"aoti": "AOTInductor compiles the PyTorch source" + (", autotuning its kernels" if ctx.target.build.inductor_max_autotune else ""),
+            "tensorrt": "TensorRT times its tactics", "tensorrt_rtx": "TensorRT-RTX builds ahead of time"}
+    return f"{ctx.name}: building with {runtime}" + (f" ({slow[runtime]})" if runtime in slow else "")
 
 
 def _gate_samples(ctx: BuildContext, dataset, train: List[int]) -> List[int]:

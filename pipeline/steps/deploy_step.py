@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..backends.onnxruntime_backend import load_onnx_runner
-from ..cli import console
+from ..console import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..evaluate.validate import check_gates, evaluate

@@ -1,7 +1,7 @@
 """export: PyTorch -> ONNX (or a bring-your-own ONNX made to fit)."""
 from __future__ import annotations
 
-from ..cli import console
+from ..console import console
 from ..config.load import ModelContext
 from ..config.schema import ModelSource, PipelineConfig
 from ..files import require_file

@@ -1,5 +1,5 @@
 """package: Triton model repositories (native and Python-backend forms) for one build, with the
-batching configured, or found by the batching search when serving.search.enabled."""
+batching configured, or found by the batching search when serving.batching_search.enabled."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..backends import built_by
-from ..cli import console
+from ..console import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError
@@ -50,10 +50,10 @@ def package(ctx: BuildContext) -> dict:
                                      max_batch, configured, serving.intra_op_threads, warmup, fingerprint, cuda_graphs=serving.cuda_graphs)
         batching = {"searched": False, "batching": asdict(configured)}
         unservable = python_form_problem(backend.name, ctx.target.device)
-        if serving.search.enabled and unservable:  # searched on a host that serves it; here the configured values
+        if serving.batching_search.enabled and unservable:  # searched on a host that serves it; here the configured values
             console.print(f"  {ctx.name}: batching not searched here: {unservable}")
             batching["not_searched"] = unservable
-        elif serving.search.enabled:
+        elif serving.batching_search.enabled:
             batching = _search(ctx, out / "python" / ctx.name, [dataset.load([i]) for i in validation[: serving.agreement_samples]])
             chosen = Batching(**{k: batching["winner"][k] for k in ("instances", "max_queue_delay_us", "preferred_batch_sizes")})
             for config_path in written.values():  # the winner is what both forms carry
@@ -69,7 +69,7 @@ def _search(ctx: BuildContext, python_form: Path, samples: list) -> dict:
     serving = ctx.config.serving
     console.print(f"  {ctx.name}: searching batching under p99 <= {serving.p99_budget_ms:g} ms")
     with scratch_dir(build_paths(ctx.config, ctx.name).batching_metrics) as work:
-        result = search_batching(python_form, work, serving_environment(), samples, serving.search, serving.p99_budget_ms,
+        result = search_batching(python_form, work, serving_environment(), samples, serving.batching_search, serving.p99_budget_ms,
                                  serving.startup_timeout_s, report=lambda row: console.print(f"    {describe(row)}"))
     console.print(f"  {ctx.name}: chosen {describe({**result['winner'], 'within_budget': True})}")
     return {"searched": True, **result}

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..cli import console
+from ..console import console
 from ..config.load import ModelContext
 from ..config.schema import ModelSource, PipelineConfig
 from ..data import load_dataset, make_splits

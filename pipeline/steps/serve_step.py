@@ -10,7 +10,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from ..backends import built_by
-from ..cli import console
+from ..console import console
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
 from ..errors import PipelineError

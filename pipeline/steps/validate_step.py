@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..backends import built_by
 from ..evaluate.host import isa_report
 from ..backends.onnxruntime_backend import load_onnx_runner
-from ..cli import console, progress_bar
+from ..console import console, progress_bar
 from ..config.schema import Device
 from ..config.load import BuildContext
 from ..data import load_dataset, make_splits
