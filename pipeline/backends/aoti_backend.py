@@ -373,6 +373,10 @@ class AotiRunner(Runner):
             raise PipelineError(f"the AOTInductor package could not be captured in a CUDA graph: {type(exc).__name__}: {exc}") from exc
         self._graph, self._graph_args, self.graph_mode = graph, static, "torch_cuda_graph"
 
+    def in_this_thread(self):
+        """Another thread drives this runner on its GPU (torch's current device is per thread)."""
+        return self._torch.cuda.device(self.device) if self.on_gpu else contextlib.nullcontext()
+
     def overlapped(self, input_shapes, slots: int = 2):
         raise PipelineError("the aoti runner has no overlapped-transfer pipeline; its 'serial' figure times transfers")
 

@@ -52,6 +52,10 @@ class StreamRunner(Runner):
         """Enqueue one computation on ``slot`` on this runner's stream, without waiting for it."""
         raise NotImplementedError
 
+    def in_this_thread(self):
+        """A context manager that lets another thread drive this runner (its CUDA context made current there)."""
+        return self.device.current()
+
     def overlapped(self, input_shapes: Dict[str, tuple], slots: int = 2) -> "OverlappedTransfers":
         """A pipeline of batches of ``input_shapes`` with transfers overlapped with compute (see OverlappedTransfers)."""
         return OverlappedTransfers(self, input_shapes, slots)

@@ -10,6 +10,8 @@ utilisation while a benchmark runs.
 """
 from __future__ import annotations
 
+import contextlib
+
 import ctypes
 import threading
 import time
@@ -81,6 +83,16 @@ class CudaDevice:
         self.index = index
         self.context = self.cuda.Device(index).retain_primary_context()
         self.context.push()
+
+    @contextlib.contextmanager
+    def current(self):
+        """This device's context current in the calling thread (a context is current per thread: a
+        benchmark's worker thread has none until it is pushed)."""
+        self.context.push()
+        try:
+            yield
+        finally:
+            self.context.pop()
 
     def close(self) -> None:
         if self.context is not None:

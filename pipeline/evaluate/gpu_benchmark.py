@@ -104,7 +104,8 @@ def _measure(figure: GpuFigure, runners: List[StreamRunner], feeds: Dict[str, np
 
     def loop(index: int) -> None:
         try:
-            results[index] = _FIGURES[figure](runners[index], feeds, budget)
+            with runners[index].in_this_thread():
+                results[index] = _FIGURES[figure](runners[index], feeds, budget)
         except BaseException as exc:  # surfaced below, in the caller's thread
             errors.append(exc)
 
