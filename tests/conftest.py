@@ -27,6 +27,12 @@ def private_copy(workspace, tmp_path: Path, *folders: str):
     return cfg
 
 
+def copy_prepared(source_cfg, cfg, model: str) -> None:
+    """``model``'s prepared checkpoint, exported and simplified ONNX from ``source_cfg``'s artifacts into
+    ``cfg``'s: a session fixture prepared them once, and a test's own config starts from there."""
+    shutil.copytree(model_paths(source_cfg, model).root, model_paths(cfg, model).root)
+
+
 # No test depends on this machine's speed: the INT8-vs-FP32 speed gate is off in test configs (a
 # later override turns it back on); tests/test_cpu_targets.py sets its limit both ways.
 NO_SPEED_GATE = "benchmark.min_quantized_speedup=null"
@@ -60,6 +66,18 @@ def digits_model(workspace):
     steps.export(workspace, ctx)
     steps.simplify(workspace, ctx)
     return ctx
+
+
+@pytest.fixture(scope="session")
+def resnet18_model(tmp_path_factory):
+    """prepare -> export -> simplify for resnet18 (BatchNorm statistics re-estimated, about a minute on
+    two cores), run once for the session; tests copy it with copy_prepared."""
+    cfg = compose_config(tmp_path_factory.mktemp("resnet18"), "model=[resnet18]", "benchmark=quick")
+    ctx = resolve_model(cfg, "resnet18")
+    steps.prepare(cfg, ctx)
+    steps.export(cfg, ctx)
+    steps.simplify(cfg, ctx)
+    return cfg
 
 
 @pytest.fixture(scope="session")

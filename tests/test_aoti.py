@@ -19,7 +19,7 @@ from pipeline.files import read_json, sha256_file
 from pipeline.paths import build_paths, model_paths
 from pipeline.steps.chain import build_through
 
-from .conftest import compose_config
+from .conftest import compose_config, copy_prepared
 
 BUILD = "digits_cnn-cpu-fp32"
 pytestmark = pytest.mark.slow  # AOTInductor compiles C++ (about 20 s on 2 cores)
@@ -30,7 +30,7 @@ def aoti_build(workspace, digits_model, tmp_path_factory):
     """The `cpu` target with aoti pinned, holding the workspace's digits CNN: calibrated and built."""
     root = tmp_path_factory.mktemp("aoti")
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "precision=[fp32]", "target.cpu.runtimes=[aoti]")
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    copy_prepared(workspace, cfg, "digits_cnn")
     return build_through(cfg, BUILD, "build")
 
 

@@ -5,7 +5,6 @@ holds on any x86-64 CPU: what the host has is read from /proc/cpuinfo, not assum
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +19,9 @@ from pipeline.evaluate.host import ISA_FLAGS, HostCpu, host_cpu
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
 from pipeline.files import read_json
-from pipeline.paths import build_paths, model_paths
+from pipeline.paths import build_paths
 
-from .conftest import REPO, compose_config
+from .conftest import REPO, compose_config, copy_prepared
 
 CPU_FLAGS = set(next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")))
 
@@ -55,7 +54,7 @@ def amx_and_cpu(workspace, digits_model, tmp_path_factory):
     # ONNX Runtime pinned: this is about weights and ISA records (the runtime choice: tests/test_openvino.py).
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "target=[cpu,cpu_amx]", "precision=[int8]", "benchmark=quick",
                          "target.cpu_amx.runtimes=[onnxruntime]")
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    copy_prepared(workspace, cfg, "digits_cnn")
     for name in ("digits_cnn-cpu-int8", "digits_cnn-cpu_amx-int8"):
         ctx = resolve_build(cfg, name)
         for step in (steps.calibrate, steps.build, steps.validate):

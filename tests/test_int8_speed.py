@@ -6,7 +6,6 @@ Nothing here depends on this machine's speed: limits are set so that every layer
 assertions check that the decisions follow the timings the stage recorded, whatever they were."""
 from __future__ import annotations
 
-import shutil
 
 import onnx
 import pytest
@@ -19,12 +18,12 @@ from pipeline.onnx_tools.fusion import fuse_transformer
 from pipeline.evaluate.sensitivity import rank_by_cost
 from pipeline.paths import build_paths, model_paths
 
-from .conftest import compose_config
+from .conftest import compose_config, copy_prepared
 
 
 def _config(root, workspace, *overrides):
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "precision=[int8]", "benchmark=quick", *overrides)
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    copy_prepared(workspace, cfg, "digits_cnn")
     return cfg
 
 

@@ -15,14 +15,18 @@ from pipeline.files import read_json
 from pipeline.paths import build_paths, model_paths
 from pipeline.report.summary import write_report
 
-from .conftest import compose_config
+from .conftest import compose_config, copy_prepared
 
 pytestmark = pytest.mark.slow
 
 
-def _run_all(cfg, model: str) -> dict:
-    """prepare -> ... -> benchmark for every build of ``model``, then the report; returns the metrics."""
-    prepare_model(cfg, model)
+def _run_all(cfg, model: str, prepared=None) -> dict:
+    """prepare -> ... -> benchmark for every build of ``model`` (from ``prepared``'s artifacts where a session
+    fixture prepared it), then the report; returns the metrics."""
+    if prepared is not None:
+        copy_prepared(prepared, cfg, model)
+    else:
+        prepare_model(cfg, model)
     results = {}
     for name in sorted(cfg.builds):
         build = resolve_build(cfg, name)
@@ -40,9 +44,9 @@ def _config(tmp_path, model: str):
 
 
 @pytest.fixture(scope="module")
-def resnet18(tmp_path_factory):
+def resnet18(tmp_path_factory, resnet18_model):
     cfg = _config(tmp_path_factory.mktemp("resnet18"), "resnet18")
-    return cfg, _run_all(cfg, "resnet18")
+    return cfg, _run_all(cfg, "resnet18", resnet18_model)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +116,10 @@ def test_minilm_fp16_for_the_cuda_target_is_fused_for_its_kernels_with_float32_i
     """h200_ort FP16 of a transformer: ONNX Runtime's GPU fusions (attention, SkipLayerNormalization, bias
     GELU) and float16 weights, inputs and outputs left as they were, instead of generic AutoCast. Made on
     the CPU: the fusions are graph rewrites."""
-    import shutil
 
     cfg, _ = minilm
     gpu = compose_config(tmp_path, "model=[minilm]", "target=[h200_ort]", "precision=[fp16]")
-    shutil.copytree(model_paths(cfg, "minilm").root, model_paths(gpu, "minilm").root)
+    copy_prepared(cfg, gpu, "minilm")
     report = steps.calibrate(resolve_build(gpu, "minilm-h200_ort-fp16"))
     assert report["transformer_fusions"]["Attention"] == 6 and report["transformer_fusions"]["SkipLayerNormalization"] >= 6
     model = onnx.load(str(build_paths(gpu, "minilm-h200_ort-fp16").calibrated))

@@ -19,7 +19,7 @@ from pipeline.files import read_json
 from pipeline.paths import build_paths, model_paths
 from pipeline.steps.chain import build_through
 
-from .conftest import REPO, compose_config
+from .conftest import REPO, compose_config, copy_prepared
 
 BUILD = "digits_cnn-cpu_amx-int8"
 
@@ -33,7 +33,7 @@ def amx_project(workspace, root: Path, *overrides: str):
     weights = [] if host_cpu().supports("vnni") else ["target.cpu_amx.quantization.reduce_range=true"]
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "benchmark=quick", "target=[cpu_amx]", *weights, *overrides,
                          "target.cpu_amx.quantization.min_layer_speedup=null")
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    copy_prepared(workspace, cfg, "digits_cnn")
     return cfg
 
 

@@ -17,11 +17,11 @@ from pipeline import steps
 from pipeline.config import resolve_build
 from pipeline.errors import PipelineError
 from pipeline.files import read_json, sha256_file
-from pipeline.paths import build_paths, model_paths
+from pipeline.paths import build_paths
 from pipeline.serving.repository import read_config
 from pipeline.serving.server import TritonServer, free_port
 
-from .conftest import REPO, compose_config
+from .conftest import REPO, compose_config, copy_prepared
 
 pytestmark = pytest.mark.slow
 BUILD = "digits_cnn-cpu-int8"
@@ -60,7 +60,7 @@ def served(workspace, digits_int8, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     cfg = compose_config(root, "model=[digits_cnn]", "dataset=[digits]", "serving.concurrency=[1,8]", "serving.seconds_per_level=1.0")
     shutil.copytree(build_paths(workspace, BUILD).root, build_paths(cfg, BUILD).root)
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)  # the FP32 reference
+    copy_prepared(workspace, cfg, "digits_cnn")  # the FP32 reference
     ctx = resolve_build(cfg, BUILD)
     written = steps.package(ctx)
     return cfg, ctx, written, root / "params.yaml"
@@ -165,7 +165,7 @@ def test_a_cuda_build_carries_its_cuda_runner_and_is_served_only_on_a_gpu_host(w
 
     cfg = compose_config(tmp_path, "model=[digits_cnn]", "dataset=[digits]", "target=[h200_ort]", "precision=[fp32]", "serving.precisions=[fp32]",
                          "serving.gpus=[1]")
-    shutil.copytree(model_paths(workspace, "digits_cnn").root, model_paths(cfg, "digits_cnn").root)
+    copy_prepared(workspace, cfg, "digits_cnn")
     name = "digits_cnn-h200_ort-fp32"
     assert list(cfg.servable) == [name], "ONNX Runtime CUDA builds get a serve stage"
     ctx = resolve_build(cfg, name)

@@ -22,7 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import read_json, sha256_file
 from pipeline.paths import build_paths, model_paths
 
-from .conftest import compose_config
+from .conftest import compose_config, copy_prepared
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +30,18 @@ PRECISIONS = ["fp32", "fp16", "bf16", "int8", "fp8"]
 
 
 @pytest.fixture(scope="module")
-def rtx(tmp_path_factory):
-    """The default models through calibrate + build for the rtx4090 target at fp32, fp16 and int8."""
+def rtx(tmp_path_factory, workspace, digits_model, resnet18_model):
+    """The default models (prepared once for the session) through calibrate + build for the rtx4090 target
+    at every precision."""
     root = tmp_path_factory.mktemp("rtx")
     cfg = compose_config(root, "target=[rtx4090]", f"precision=[{','.join(PRECISIONS)}]")
+    prepared = {"digits_cnn": workspace, "resnet18": resnet18_model}
     sidecars = {}
     for model in sorted(cfg.model):
-        prepare_model(cfg, model)
+        if model in prepared:
+            copy_prepared(prepared[model], cfg, model)
+        else:
+            prepare_model(cfg, model)
         for precision in PRECISIONS:
             build = resolve_build(cfg, f"{model}-rtx4090-{precision}")
             steps.calibrate(build)
