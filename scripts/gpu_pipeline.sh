@@ -5,6 +5,8 @@
 # must run nothing. Set-up: scripts/gpu_setup.sh (run after scripts/gpu_run.sh on the same machine, or alone).
 # Arguments, if any, replace the matrix's compose overrides, e.g. the AOTInductor target:
 #   bash scripts/gpu_pipeline.sh "model=[resnet50,minilm]" "target=[h200_aoti]" "precision=[fp16]" "dataset=[photo_crops,sentences]"
+# RESUME=1 (same WORK folder, same machine): after a fix, copy the project's code in again and let `dvc repro`
+# go on from what it has cached, instead of starting a fresh repository.
 set -euo pipefail
 matrix=("$@")
 [ ${#matrix[@]} -gt 0 ] || matrix=("model=[resnet50,minilm]" "target=[h200_ort]" "precision=[fp32,fp16]" "dataset=[photo_crops,sentences]")

@@ -35,7 +35,7 @@ for pin in "${pins[@]}"; do
   if [[ "$(printf '%s' "${pin%%==*}" | normalize)" =~ $sdist_only ]]; then sources+=("$pin"); else wheels+=("$pin"); fi
 done
 download .whl/gpu "${wheels[@]}"
-python3 -m pip wheel -q --no-deps -w .whl/gpu "${sources[@]}" 2> >(grep -v 'is ignored' >&2)
+[ ${#sources[@]} -eq 0 ] || python3 -m pip wheel -q --no-deps -w .whl/gpu "${sources[@]}" 2> >(grep -v 'is ignored' >&2)
 python3 -m pip download -q --no-deps --no-binary=pycuda -d .whl/gpu pycuda==2026.1 2> >(grep -v 'is ignored' >&2)
 
 rm -rf .whl/stage && mkdir -p .whl/stage

@@ -11,7 +11,6 @@ utilisation while a benchmark runs.
 from __future__ import annotations
 
 import contextlib
-
 import ctypes
 import threading
 import time
