@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline.backends.base import cpuinfo
 from pipeline.config import write_params
 from pipeline.evaluate.host import host_cpu
 from pipeline.files import sha256_file
@@ -40,7 +41,7 @@ def test_training_gives_the_checked_in_checkpoint_on_this_cpu(tmp_path):
                             env={**env, **AVX2_ONLY}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     digest = sha256_file(tmp_path / "models" / "digits_cnn" / "prepared" / "checkpoint.pt")
-    vendor = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("vendor_id")), "unknown")
+    vendor = cpuinfo().get("vendor_id", "unknown")
     said = f"this CPU ({vendor}: {host_cpu().describe()}) trained {digest}, the reference is {DIGITS_CHECKPOINT_SHA256}"
     if digest != DIGITS_CHECKPOINT_SHA256 and vendor not in VERIFIED_VENDORS:
         pytest.xfail(f"{said}; identity across vendors is not verified yet")

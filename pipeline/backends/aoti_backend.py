@@ -24,7 +24,7 @@ import numpy as np
 from ..config.schema import ModelConfig, ModelSource, TensorSpec
 from ..errors import PipelineError
 from ..files import require_file, sha256_file, write_json
-from .base import SIDECAR, Backend, BuildRequest, Runner, input_specs, tensor_entries
+from .base import SIDECAR, Backend, BuildRequest, Runner, cpuinfo, input_specs, tensor_entries
 
 ARTIFACT = "model.pt2"
 # What each precision compiles the weights and activations to (inputs and outputs keep their types).
@@ -44,10 +44,10 @@ MARCH_NEEDS = {
 
 def missing_cpu_flags(march: str) -> List[str]:
     """The flags code compiled for ``march`` needs that this CPU lacks ([] off Linux: nothing to read)."""
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
+    fields = cpuinfo()
+    if not fields:
         return []
-    flags = set(next((line.split(":", 1)[1].split() for line in info.read_text().splitlines() if line.startswith("flags")), []))
+    flags = set(fields.get("flags", "").split())
     return [flag for flag in MARCH_NEEDS.get(march, ()) if flag not in flags]
 
 

@@ -6,6 +6,7 @@ artifact folder (engine file + sidecar JSON), ``Backend.load`` returns a ``Runne
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -18,6 +19,22 @@ from ..files import read_json, require_file, sha256_file
 
 SIDECAR = "sidecar.json"
 SIDECAR_KEYS = ("backend", "artifact", "artifact_sha256", "build", "precision", "inputs", "outputs")
+
+
+@functools.lru_cache(maxsize=None)
+def cpuinfo() -> Dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} off Linux): the host CPU's model and flags, which
+    decide whether code compiled for a CPU kind runs here and what the reports name."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return {}
+    fields: Dict[str, str] = {}
+    for line in info.read_text().splitlines():
+        if not line.strip():
+            break  # the first processor's block ends here
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
 
 
 def ort_numpy_dtype(ort_type: str) -> np.dtype:

@@ -10,9 +10,9 @@ import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..backends.base import cpuinfo
 from ..config.schema import option_value
 
 # Each level and the /proc/cpuinfo flags that provide it (any one of them), from the newest down.
@@ -46,10 +46,9 @@ class HostCpu:
 
 @lru_cache(maxsize=None)
 def host_cpu() -> HostCpu:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    lines = info.splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor() or "unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    fields = cpuinfo()
+    model = fields.get("model name") or platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return HostCpu(model, cores, tuple(f for f in REPORTED_FLAGS if f in flags))
 
