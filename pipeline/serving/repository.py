@@ -177,11 +177,11 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
     """``out/native/<name>`` and ``out/python/<name>``; returns the config.pbtxt of each form."""
     kind = _instance_kind(device)
     written = {}
+    native_dir = out / "native" / name
 
     if sidecar["backend"] == "aoti":
         # Triton's PyTorch backend loads TorchScript (and Python modules with torch.compile), not AOTInductor
         # packages: the Python form, which runs the package through torch, is the one to serve.
-        native_dir = out / "native" / name
         native_dir.mkdir(parents=True)
         (native_dir / "NO_NATIVE_FORM.txt").write_text(
             "No native form: Triton's PyTorch backend loads TorchScript, not AOTInductor (.pt2) packages.\n"
@@ -189,7 +189,6 @@ def write_repositories(out: Path, name: str, engine_dir: Path, sidecar: dict, de
             encoding="utf-8")
         return {"python": _python_form(out, name, engine_dir, sidecar, device, gpus, inputs, outputs, max_batch, batching, threads, warmup, fingerprint)}
 
-    native_dir = out / "native" / name
     (native_dir / VERSION).mkdir(parents=True)
     native = _base_config(name, inputs, outputs, max_batch, warmup, fingerprint)
     artifact = engine_dir / sidecar["artifact"]

@@ -48,11 +48,12 @@ def benchmark(ctx: BuildContext) -> list:
         from ..evaluate.gpu_benchmark import gpu_batch_sizes, gpu_benchmark_batch
 
         gpu = cfg.benchmark.gpu
+
+        def load(graph: bool):
+            return backend.load(paths.engine_dir, cuda_graph=graph, expect=ctx.artifact_identity())
+
         rows = []
         for batch_size in gpu_batch_sizes(gpu.batch_sizes, ctx.model.largest_batch):
-            def load(graph: bool):
-                return backend.load(paths.engine_dir, cuda_graph=graph, expect=ctx.artifact_identity())
-
             rows.append(gpu_benchmark_batch(load, feeds(batch_size), batch_size, gpu, cfg.benchmark.repeats, cfg.benchmark.spread_warning))
             report(rows[-1])
         largest = rows[-1]["batch_size"]
